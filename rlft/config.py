@@ -9,6 +9,7 @@ whether they count prompts or samples (a sample = one completion of one prompt).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from hydra.core.config_store import ConfigStore
 
 
@@ -194,22 +195,38 @@ class RLFTConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-_GROUPS: dict[str, type] = {
-    "model": ModelConfig,
-    "algorithm": AlgorithmConfig,
-    "rollout": RolloutConfig,
-    "learner": LearnerConfig,
-    "data": DataConfig,
-    "reward": RewardConfig,
-    "cluster": ClusterConfig,
-    "tracking": TrackingConfig,
-    "trainer": TrainerConfig,
-}
-
-
 def register_configs() -> None:
-    """Register the schemas so that ``conf/`` yaml files are validated against them."""
-    cs = ConfigStore.instance()
-    cs.store(name="rlft_schema", node=RLFTConfig)
-    for group, schema in _GROUPS.items():
-        cs.store(group=group, name=f"{group}_schema", node=schema)
+    """Register the root schema; ``conf/config.yaml`` builds on it, so every group is validated."""
+    ConfigStore.instance().store(name="rlft_schema", node=RLFTConfig)
+
+
+def validate(cfg: RLFTConfig) -> None:
+    """Checks across keys that a type alone cannot express; raises ValueError naming the key."""
+    checks = [
+        (cfg.algorithm.group_size >= 2, "algorithm.group_size must be >= 2 (a group needs a baseline)"),
+        (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
+        (cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1"),
+        (cfg.learner.num_workers == 1, "learner.num_workers: only 1 learner is supported so far"),
+        (cfg.rollout.sampling.temperature > 0, "rollout.sampling.temperature must be > 0 for RL"),
+        (cfg.rollout.sampling.max_new_tokens >= 1, "rollout.sampling.max_new_tokens must be >= 1"),
+        (
+            cfg.learner.per_device_samples_per_micro_batch >= 1,
+            "learner.per_device_samples_per_micro_batch must be >= 1",
+        ),
+        (
+            cfg.learner.global_samples_per_optimizer_step >= 0,
+            "learner.global_samples_per_optimizer_step must be >= 0",
+        ),
+        (cfg.algorithm.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1"),
+        (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
+        (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
+        (bool(cfg.reward.functions), "reward.functions is empty: name at least one reward function"),
+        (
+            not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),
+            f"reward.weights has {len(cfg.reward.weights)} entries for {len(cfg.reward.functions)} "
+            "reward.functions; give one weight per function (or none for 1.0 each)",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

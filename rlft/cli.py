@@ -1,0 +1,113 @@
+"""The ``rlft`` command: ``rlft train [recipe=<name>] [group=option] [key=value ...]``.
+
+Configs are composed with Hydra from ``conf/`` (plus ``recipes/<name>.yaml`` as the ``recipe``
+group) and validated against the dataclasses in :mod:`rlft.config` before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rlft.config import RLFTConfig, register_configs, validate
+
+CONF_DIR = Path(os.environ.get("RLFT_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+
+
+class ConfigError(ValueError):
+    """A config that cannot be composed or does not validate; the message names the key."""
+
+
+def load_config(overrides: list[str]) -> RLFTConfig:
+    """Compose ``conf/config.yaml`` with ``overrides`` and validate it into an :class:`RLFTConfig`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not (CONF_DIR / "config.yaml").is_file():
+        raise ConfigError(
+            f"no rlft config at {CONF_DIR}; install rlft from its checkout (pip install -e .) "
+            "or point RLFT_CONF_DIR at its conf/ folder"
+        )
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            composed = compose("config", overrides=overrides)
+        _reject_unknown_keys(composed, OmegaConf.structured(RLFTConfig))
+        cfg = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err)) from err
+    assert isinstance(cfg, RLFTConfig)
+    try:
+        validate(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return cfg
+
+
+def _reject_unknown_keys(node: Any, schema: Any, prefix: str = "") -> None:
+    """Hydra's ``+key=value`` can add keys the schema lacks, which would be silently dropped."""
+    for key in node:
+        if key not in schema:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}': it is not in the rlft schema (rlft/config.py)"
+            )
+        if OmegaConf.is_dict(node[key]) and OmegaConf.is_dict(schema[key]):
+            _reject_unknown_keys(node[key], schema[key], f"{prefix}{key}.")
+
+
+def _explain(err: BaseException) -> str:
+    """The error and its causes, one line each (Hydra keeps the useful part in the cause)."""
+    lines = []
+    while err is not None:
+        lines += [line for line in str(err).splitlines() if line.strip() and line not in lines]
+        err = err.__cause__
+    return "\n  ".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlft", description="RL fine-tuning of language models on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_parser = sub.add_parser(
+        "train",
+        help="run an RL experiment",
+        description="Compose a config from conf/ (and recipes/) with Hydra overrides, then train. "
+        "Example: rlft train recipe=quickstart trainer.max_steps=20 cluster.mode=local",
+    )
+    train_parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides: recipe=NAME, group=option, key=value"
+    )
+    train_parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.overrides)
+    except ConfigError as err:
+        print(f"rlft: config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        return 0
+
+    from rlft.trainers.online import SetupError, train
+
+    try:
+        run_dir = train(cfg)
+    except SetupError as err:
+        print(f"rlft: error: {err}", file=sys.stderr)
+        return 2
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Loading models and tokenizers: always through the Auto classes, from a hub id or a directory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlft.config import ModelConfig
+from rlft.tiny_model import resolve_model_path
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The tokenizer of ``model.tokenizer_path`` (default ``model.path``); it must have a pad token."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.tokenizer_path or cfg.path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The causal LM at ``model.path`` in ``model.dtype`` on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={cfg.dtype!r} is not one of {sorted(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(cfg.path), dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+    )
+    return model.to(device)
+
+
+def default_device() -> torch.device:
+    """The first GPU Ray (or the user) made visible to this process, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def token_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability and entropy of each position's next-token distribution, aligned with ``input_ids``.
+
+    ``logits`` [N, L, V] from a causal LM over ``input_ids`` [N, L]. Returns (logprobs, entropy),
+    both [N, L]: column t holds log p(input_ids[:, t] | input_ids[:, :t]) at the sampling
+    ``temperature`` and the entropy of that distribution (no gradient); column 0 has no context
+    and is 0. One sequence at a time, so only one [L, V] float32 copy of the logits exists at once.
+    """
+    logprobs = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    entropy = torch.zeros_like(logprobs)
+    for i in range(input_ids.shape[0]):
+        logp = torch.log_softmax(logits[i, :-1].float() / temperature, dim=-1)
+        logprobs[i, 1:] = logp.gather(-1, input_ids[i, 1:, None]).squeeze(-1)
+        with torch.no_grad():
+            entropy[i, 1:] = -(logp.exp() * logp).sum(-1)
+    return logprobs, entropy

@@ -1,0 +1,260 @@
+"""Load a user's reward function from ``path/to/file.py:function`` or ``module.sub:function``.
+
+The function's signature picks its calling convention (``async def`` works in every form):
+
+- batch: ``fn(prompts, completions, **columns) -> list[float | None]``
+- per sample: ``fn(prompt, completion, **columns) -> float | None``
+- verl: ``compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float | dict``
+
+Loading fails at once with a message naming the spec and the fix. Calling a loaded
+:class:`RewardFunction` never raises because of the user's code: each sample's result is a float,
+``None`` ("no opinion") or a :class:`Failure` saying what went wrong.
+"""
+
+import asyncio
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import numbers
+import re
+import reprlib
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+
+Form = Literal["batch", "sample", "verl"]
+
+ACCEPTED_FORMS = (
+    "  fn(prompts, completions, **columns) -> list[float | None]   (batch)\n"
+    "  fn(prompt, completion, **columns) -> float | None           (per sample)\n"
+    "  compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float | dict   (verl)"
+)
+_FORM_BY_FIRST_PARAMS: dict[tuple[str, ...], Form] = {
+    ("prompts", "completions"): "batch",
+    ("prompt", "completion"): "sample",
+}
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a reward function gave no usable value for a sample."""
+
+    kind: str
+    """'raised', 'wrong length' or 'non-number'."""
+    message: str
+    error: Exception | None = None
+    """The exception the function raised, for its traceback."""
+
+    @classmethod
+    def raised(cls, error: Exception) -> "Failure":
+        """The failure of a call that raised ``error``."""
+        return cls("raised", f"raised {type(error).__name__}: {error}", error)
+
+
+@dataclass
+class RewardFunction:
+    """A loaded reward function plus what its signature says about how to call it."""
+
+    name: str
+    """The function's ``__name__`` (the manager makes it unique); used in metric names."""
+    spec: str
+    fn: Callable[..., Any]
+    form: Form
+    required_columns: set[str]
+    """Dataset columns it needs: its keyword parameters without defaults (none for the verl form)."""
+    accepts_any_columns: bool
+    """It has ``**kwargs``, so it receives every column."""
+    parameters: frozenset[str]
+    """Names of its named parameters; other columns are not passed to it."""
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], columns: dict[str, list]
+    ) -> list[float | Failure | None]:
+        """Score the samples: one float, ``None`` or :class:`Failure` per prompt, never raising."""
+        if self.form == "batch":
+            kwargs = {**self._accepted(columns), "prompts": prompts, "completions": completions}
+            (output,) = self._call_each([kwargs])
+            outputs = _split_batch(output, len(prompts))
+        else:
+            outputs = self._call_each(
+                [self._sample_kwargs(i, prompts, completions, columns) for i in range(len(prompts))]
+            )
+        return [self._to_value(output) for output in outputs]
+
+    @property
+    def is_async(self) -> bool:
+        """Whether ``fn`` is an ``async def`` function."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    def _accepted(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments ``fn`` accepts."""
+        if self.accepts_any_columns:
+            return kwargs
+        return {key: value for key, value in kwargs.items() if key in self.parameters}
+
+    def _sample_kwargs(
+        self, i: int, prompts: list[str], completions: list[str], columns: dict[str, list]
+    ) -> dict[str, Any]:
+        """Keyword arguments of the per-sample or verl call for sample ``i``."""
+        row = {key: values[i] for key, values in columns.items()}
+        if self.form == "sample":
+            return {**self._accepted(row), "prompt": prompts[i], "completion": completions[i]}
+        return self._accepted(
+            {
+                "data_source": row.get("data_source", ""),
+                "solution_str": completions[i],
+                "ground_truth": row.get("ground_truth", row.get("answer")),
+                "extra_info": row.get("extra_info"),
+            }
+        )
+
+    def _call_each(self, kwargs_list: list[dict[str, Any]]) -> list[Any]:
+        """Call ``fn`` once per kwargs (concurrently if async); a raised exception becomes a Failure."""
+        if self.is_async:
+            return asyncio.run(self._gather(kwargs_list))
+        outputs = []
+        for kwargs in kwargs_list:
+            try:
+                outputs.append(self.fn(**kwargs))
+            except Exception as error:
+                outputs.append(Failure.raised(error))
+        return outputs
+
+    async def _gather(self, kwargs_list: list[dict[str, Any]]) -> list[Any]:
+        """Await all calls of the async ``fn`` concurrently; a raised exception becomes a Failure."""
+
+        async def call(kwargs: dict[str, Any]) -> Any:
+            try:
+                return await self.fn(**kwargs)
+            except Exception as error:
+                return Failure.raised(error)
+
+        return await asyncio.gather(*(call(kwargs) for kwargs in kwargs_list))
+
+    def _to_value(self, output: Any) -> float | Failure | None:
+        """Check one sample's output: a finite number (as float), None, or else a Failure."""
+        if output is None or isinstance(output, Failure):
+            return output
+        if self.form == "verl" and isinstance(output, Mapping):
+            output = output.get("score", output)
+        if isinstance(output, bool) or not isinstance(output, numbers.Real) or not math.isfinite(output):
+            return Failure("non-number", f"returned {reprlib.repr(output)}, not a finite number or None")
+        return float(output)
+
+
+def _split_batch(output: Any, n: int) -> list[Any]:
+    """A batch call's output as one entry per sample; a failed or malformed batch fails every sample."""
+    if isinstance(output, Failure):
+        return [output] * n
+    if isinstance(output, np.ndarray):
+        output = output.tolist()
+    if isinstance(output, (list, tuple)) and len(output) == n:
+        return list(output)
+    got = f"{len(output)} values" if isinstance(output, (list, tuple)) else f"a {type(output).__name__}"
+    return [Failure("wrong length", f"returned {got} for {n} samples, not one value per sample")] * n
+
+
+def load_reward_function(spec: str, *, search_dirs: Sequence[Path] = ()) -> RewardFunction:
+    """Load the reward function named by ``spec`` and detect its calling convention.
+
+    Args:
+        spec: ``path/to/file.py:function`` (relative paths are tried against the current directory,
+            then each of ``search_dirs``) or ``module.sub:function`` (imported with importlib).
+        search_dirs: further directories for relative file paths, in order.
+
+    Raises:
+        ValueError: the spec has no ``:function`` part.
+        FileNotFoundError: the file is in none of the places tried (they are listed).
+        ImportError: the module or file could not be imported.
+        AttributeError: the module has no such name (its callables are listed).
+        TypeError: the object is not callable or has none of the accepted signatures.
+    """
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ValueError(
+            f"reward function spec {spec!r} must be 'path/to/file.py:function' or 'module.sub:function'"
+        )
+    path = _find_file(spec, target, search_dirs) if target.endswith(".py") else None
+    try:
+        module = importlib.import_module(target) if path is None else _import_file(path)
+    except Exception as error:
+        fix = (
+            "Make it importable (install it or add its directory to PYTHONPATH), "
+            "or reference the file as path/to/file.py:function."
+            if path is None
+            else "Fix the error in the file (see the traceback above)."
+        )
+        raise ImportError(
+            f"reward spec {spec!r}: importing {target!r} failed: {type(error).__name__}: {error}. {fix}"
+        ) from error
+    if not hasattr(module, attr):
+        available = sorted(name for name, obj in vars(module).items() if callable(obj) and name[0] != "_")
+        raise AttributeError(
+            f"reward spec {spec!r}: {target!r} has no function {attr!r}; its callables are: "
+            f"{', '.join(available) or 'none'}. Fix the name after ':'."
+        )
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise TypeError(f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
+    return _describe(spec, fn, getattr(fn, "__name__", attr))
+
+
+def _find_file(spec: str, target: str, search_dirs: Sequence[Path]) -> Path:
+    """The first existing candidate for the file ``target``, resolved."""
+    path = Path(target)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, *(Path(d) / path for d in search_dirs)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"reward spec {spec!r}: file {target!r} not found; looked at: {', '.join(map(str, candidates))}. "
+        "Fix the path before ':' (relative paths are tried against the current directory, then the "
+        "search directories)."
+    )
+
+
+def _import_file(path: Path) -> ModuleType:
+    """Import a file under a module name unique to its path, so two ``rewards.py`` files don't clash."""
+    stem = re.sub(r"\W", "_", path.stem)
+    name = f"rlft_reward_{stem}_{hashlib.sha1(bytes(path)).hexdigest()[:10]}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up there
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def _describe(spec: str, fn: Callable[..., Any], name: str) -> RewardFunction:
+    """Wrap ``fn`` with the form and columns its signature declares."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"reward spec {spec!r}: cannot read the signature of {name!r}: {error}") from error
+    named = [p for p in params if p.kind not in _VARIADIC]
+    names = [p.name for p in named]
+    if "solution_str" in names:
+        form, column_params = "verl", []
+    elif tuple(names[:2]) in _FORM_BY_FIRST_PARAMS:
+        form, column_params = _FORM_BY_FIRST_PARAMS[tuple(names[:2])], named[2:]
+    else:
+        raise TypeError(
+            f"reward spec {spec!r}: {name}{inspect.signature(fn)} has none of the accepted forms; "
+            f"write it as one of:\n{ACCEPTED_FORMS}"
+        )
+    return RewardFunction(
+        name=name,
+        spec=spec,
+        fn=fn,
+        form=form,
+        required_columns={p.name for p in column_params if p.default is p.empty},
+        accepts_any_columns=any(p.kind is p.VAR_KEYWORD for p in params),
+        parameters=frozenset(names),
+    )

@@ -1,0 +1,44 @@
+"""The generation-engine interface every rollout backend implements (hf today; vLLM next)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from rlft.config import SamplingConfig
+
+
+@dataclass
+class Completion:
+    """One sampled completion of one prompt."""
+
+    token_ids: list[int]
+    """Generated tokens, ending with the EOS token when generation stopped on it."""
+    logprobs: list[float]
+    """The sampler's log-probability of each generated token (at the sampling temperature)."""
+    text: str
+    """Decoded completion, special tokens removed."""
+    finish_reason: str
+    """``stop`` (EOS reached) or ``length`` (hit max_new_tokens)."""
+    policy_version: int = 0
+    """Version of the weights that generated it (set by the RolloutWorker)."""
+
+
+class Engine(Protocol):
+    """What a RolloutWorker needs from a generation backend."""
+
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int
+    ) -> list[list[Completion]]:
+        """``n`` completions for each prompt (given as token ids), in prompt order."""
+        ...
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Replace the model's parameters in place (no reload)."""
+        ...
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """The parameters the engine generates with (on the CPU); for tests and checks."""
+        ...

@@ -1,0 +1,48 @@
+"""RolloutWorker: owns one generation engine; a Ray actor or a plain in-process object."""
+
+from __future__ import annotations
+
+import torch
+
+from rlft.config import ModelConfig, RolloutConfig, SamplingConfig
+from rlft.rollout.engine import Completion, Engine
+from rlft.weights import WeightUpdate
+
+ENGINES = ("hf",)
+
+
+def make_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> Engine:
+    """The engine named by ``rollout.engine``."""
+    if rollout_cfg.engine == "hf":
+        from rlft.rollout.hf_engine import HFEngine
+
+        return HFEngine(model_cfg, rollout_cfg.per_worker_prompts_per_generate)
+    raise ValueError(f"rollout.engine={rollout_cfg.engine!r} is not one of {ENGINES}")
+
+
+class RolloutWorker:
+    """Generates completions with the newest weights it was sent and tags each with their version."""
+
+    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, num_threads: int = 0):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.engine = make_engine(model_cfg, rollout_cfg)
+        self.policy_version = 0
+
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int
+    ) -> list[list[Completion]]:
+        groups = self.engine.generate(prompts, n, sampling, seed)
+        for group in groups:
+            for completion in group:
+                completion.policy_version = self.policy_version
+        return groups
+
+    def load_weights(self, update: WeightUpdate) -> int:
+        """Load new policy weights; returns the bytes received."""
+        self.engine.load_weights(update.tensors)
+        self.policy_version = update.version
+        return update.nbytes
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        return self.engine.get_weights()

@@ -1,0 +1,63 @@
+"""Run directories and atomic checkpoints.
+
+A checkpoint is written into a temporary directory beside its final place and renamed into
+place only when complete, so a crash mid-write leaves the previous checkpoint as the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+CKPT_PREFIX = "step_"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (temporary, half-written ones are ignored)."""
+    ckpts = sorted(checkpoint_dir(run_dir).glob(f"{CKPT_PREFIX}*"))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, trainer_state: dict[str, Any], write_learner: Any, keep: int
+) -> Path:
+    """Write a checkpoint of ``step`` atomically; ``write_learner(dir)`` stores the learner's part.
+
+    Keeps the newest ``keep`` checkpoints and deletes older ones.
+    """
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{CKPT_PREFIX}{step:08d}"
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    write_learner(tmp)
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}))
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    path = ckpt / "trainer_state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt} is not an rlft checkpoint: it has no trainer_state.json")
+    return json.loads(path.read_text())
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop lines logged after ``last_step`` (they are about to be redone by a resumed run)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
