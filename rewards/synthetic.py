@@ -4,7 +4,7 @@
 def repeat_digit(prompts: list[str], completions: list[str], answer: list[str]) -> list[float]:
     """Fraction of the completion's non-space characters that are the asked digit ``answer``.
 
-    "Repeat the digit 7." -> "7 7 7 7" scores 1.0, "77 cats" 0.4, "" 0.0. Partial credit gives a
+    "Repeat this digit: 7" -> "7 7 7 7" scores 1.0, "77 cats" 0.4, "" 0.0. Partial credit gives a
     random policy some signal to climb from.
     """
     scores = []

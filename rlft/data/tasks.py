@@ -14,12 +14,13 @@ Row = dict[str, str]
 
 
 def repeat_digit(rng: random.Random) -> Iterator[Row]:
-    """ "Repeat the digit 7." -> answer "7". Scored by ``rewards/synthetic.py:repeat_digit``: the
-    fraction of the completion's characters that are the asked digit, so partial answers earn
-    partial credit and a random policy already gets a little signal."""
+    """``Repeat this digit: 7`` -> answer ``7``. Scored by ``rewards/synthetic.py:repeat_digit``:
+    the fraction of the completion's characters that are the asked digit, so partial answers earn
+    partial credit. A random policy scores about 0.001; learning to emit digits lifts that to about
+    0.1, and only copying the asked one gets near 1."""
     while True:
         digit = str(rng.randrange(10))
-        yield {"prompt": f"Repeat the digit {digit}.", "answer": digit}
+        yield {"prompt": f"Repeat this digit: {digit}", "answer": digit}
 
 
 TASKS: dict[str, Callable[[random.Random], Iterator[Row]]] = {"repeat_digit": repeat_digit}

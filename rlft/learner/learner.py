@@ -129,6 +129,13 @@ class Learner:
             del stats["loss/kl"], stats["kl"]
         return stats
 
+    def completion_logprobs(self, samples: list[Sample]) -> list[list[float]]:
+        """The current policy's log-probability of each completion token (e.g. to check that the
+        rollout engine samples from the same weights)."""
+        batch = collate(samples, self.pad_token_id).to(self.device)
+        logprobs = self._logprobs(self.model, batch)
+        return [row[mask.bool()].tolist() for row, mask in zip(logprobs, batch.completion_mask, strict=True)]
+
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """[N, L] token log-probabilities of ``batch`` under ``model``, in micro-batches."""

@@ -56,8 +56,17 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop lines logged after ``last_step`` (they are about to be redone by a resumed run)."""
+    """Drop lines logged after ``last_step`` (a resumed run redoes those steps; a fresh run, all).
+
+    A line cut short by a crash is dropped too.
+    """
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
     path.write_text("".join(line + "\n" for line in keep))

@@ -43,7 +43,7 @@ def train(cfg: RLFTConfig) -> Path:
     advantage_fn = get_advantage(cfg.algorithm.advantage)
 
     with Cluster(cfg.cluster) as cluster:
-        learner, workers = _start_workers(cluster, cfg)
+        learner, workers = start_workers(cluster, cfg)
         transport = ObjectStoreTransport()
         start_step = 0
         if resume_from is not None:
@@ -51,8 +51,8 @@ def train(cfg: RLFTConfig) -> Path:
             cluster.get(learner.load_checkpoint.remote(str(resume_from)))
             sampler.load_state_dict(state["sampler"])
             start_step = state["step"]
-            checkpoint.truncate_jsonl(run_dir / "metrics.jsonl", start_step)
-            checkpoint.truncate_jsonl(run_dir / "samples.jsonl", start_step)
+        for log in ("metrics.jsonl", "samples.jsonl"):
+            checkpoint.truncate_jsonl(run_dir / log, start_step)
         transport.sync(cluster, learner, workers)
 
         config_dict = asdict(cfg)
@@ -144,7 +144,7 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> tuple[PromptSampler, RewardManag
         raise SetupError(str(err)) from err
 
 
-def _start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[Any, list[Any]]:
+def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[Any, list[Any]]:
     """One learner and ``rollout.num_workers`` rollout workers, each with its own resources."""
 
     def threads(num_cpus: float) -> int:

@@ -1,0 +1,132 @@
+"""End to end through the `rlft` command on the offline tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlft.cli import main
+from rlft.tracking import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACT_METRICS = {
+    "reward/mean",
+    "reward/repeat_digit/mean",
+    "loss/policy",
+    "kl",
+    "entropy",
+    "clip_frac",
+    "response_len/mean",
+    "timing/rollout_s",
+    "timing/train_s",
+    "timing/weight_sync_s",
+    "throughput/tokens_per_s",
+    "staleness",
+}
+
+
+def _quick(tiny_model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "recipe=quickstart",
+        f"model.path={tiny_model_dir}",
+        f"trainer.output_dir={out}",
+        "tracking.wandb.enabled=false",
+        *extra,
+    ]
+
+
+def test_quickstart_on_ray_learns(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The real CLI in a subprocess, real Ray actors: reward rises by a clear margin."""
+    steps = 150
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rlft", *_quick(tiny_model_dir, out, f"trainer.max_steps={steps}")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert metrics[0].keys() >= CONTRACT_METRICS
+    first = sum(m["reward/mean"] for m in metrics[:5]) / 5
+    last = sum(m["reward/mean"] for m in metrics[-5:]) / 5
+    assert first < 0.02, first  # a random policy almost never writes the asked digit
+    assert last > first + 0.15, (first, last)
+    assert all(m["staleness"] == 0 for m in metrics)
+    assert metrics[-1]["policy_version"] == steps
+
+    assert (out / "config.yaml").is_file()
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {"step", "prompt", "completion", "reward", "policy_version"} <= samples[0].keys()
+    final = load_file(out / "checkpoints" / f"step_{steps:08d}" / "policy" / "model.safetensors")
+    initial = load_file(tiny_model_dir / "model.safetensors")
+    assert final.keys() == initial.keys()
+    assert any(not torch.equal(final[k], initial[k]) for k in initial), "the policy did not change"
+
+
+def test_reward_function_that_raises_does_not_kill_the_run(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "bad_reward.py"
+    bad.write_text("def boom(prompts, completions, **columns):\n    raise RuntimeError('reward bug')\n")
+    out = tmp_path / "run"
+    fns = f"reward.functions=[rewards/synthetic.py:repeat_digit,{bad}:boom]"
+    args = _quick(
+        tiny_model_dir, out, fns, "reward.weights=[1.0,1.0]", "cluster.mode=local", "trainer.max_steps=2"
+    )
+    assert main(args) == 0
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert len(metrics) == 2
+    samples_per_step = 16 * 8
+    assert all(m["reward/boom/errors"] == samples_per_step for m in metrics)
+    assert all(m["reward/errors"] == samples_per_step for m in metrics)
+    tracebacks = [
+        r
+        for r in caplog.records
+        if r.name == "rlft.rewards" and "reward bug" in r.getMessage() + str(r.exc_text)
+    ]
+    assert len(tracebacks) == 1  # logged once, not every step
+
+
+def test_missing_reward_file_fails_at_start(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    args = _quick(
+        tiny_model_dir, tmp_path / "run", "reward.functions=[no/such/file.py:fn]", "cluster.mode=local"
+    )
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "no/such/file.py" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_dataset_without_the_reward_column_fails_at_start(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Repeat this digit: {i}"}) + "\n" for i in range(4)))
+    args = _quick(tiny_model_dir, tmp_path / "run", f"data.path={data}", "cluster.mode=local")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "answer" in err and "repeat_digit" in err
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Steps 3-4 of a run stopped after step 2 and resumed equal those of a run never stopped."""
+    common = ("cluster.mode=local", "trainer.checkpoint_every=2", "data.global_prompts_per_step=4")
+    assert main(_quick(tiny_model_dir, tmp_path / "full", "trainer.max_steps=4", *common)) == 0
+    assert main(_quick(tiny_model_dir, tmp_path / "cut", "trainer.max_steps=2", *common)) == 0
+    assert main(_quick(tiny_model_dir, tmp_path / "cut", "trainer.max_steps=4", *common)) == 0
+    full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    resumed = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full, resumed, strict=True):
+        for key in ("reward/mean", "loss/policy", "kl", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == [
+        "step_00000002",
+        "step_00000004",
+    ]
