@@ -16,7 +16,7 @@ def test_builtin_task_rows_are_deterministic_and_carry_ground_truth() -> None:
     b = PromptSampler(DataConfig(path="builtin:repeat_digit"), seed=1).sample(5)
     assert a == b
     for row in a:
-        assert row["prompt"] == f"Repeat the digit {row['answer']}."
+        assert row["prompt"] == f"Repeat this digit: {row['answer']}"
 
 
 def test_unknown_builtin_task() -> None:
@@ -69,12 +69,12 @@ def test_chat_template_and_prompt_length(tiny_model_dir: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     cfg = DataConfig(system_prompt="Be brief.")
-    text = format_prompt(tokenizer, "Repeat the digit 3.", cfg)
-    assert text.index("Be brief.") < text.index("Repeat the digit 3.")
+    text = format_prompt(tokenizer, "Repeat this digit: 3", cfg)
+    assert text.index("Be brief.") < text.index("Repeat this digit: 3")
     assert text.endswith("assistant\n")
     raw = DataConfig(apply_chat_template=False)
     assert format_prompt(tokenizer, "x", raw) == "x"
-    ids = tokenize_prompts(tokenizer, ["Repeat the digit 3."], raw, max_tokens=64)
-    assert tokenizer.decode(ids[0]) == "Repeat the digit 3."
+    ids = tokenize_prompts(tokenizer, ["Repeat this digit: 3"], raw, max_tokens=64)
+    assert tokenizer.decode(ids[0]) == "Repeat this digit: 3"
     with pytest.raises(ValueError, match=r"model\.max_prompt_tokens=4"):
-        tokenize_prompts(tokenizer, ["Repeat the digit 3."], raw, max_tokens=4)
+        tokenize_prompts(tokenizer, ["Repeat this digit: 3"], raw, max_tokens=4)

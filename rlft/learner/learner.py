@@ -152,7 +152,10 @@ class Learner:
     # --- weights and checkpoints ----------------------------------------------------------------
 
     def get_weights(self) -> WeightUpdate:
-        """The policy's parameters (on the CPU) and their version, for the rollout workers."""
+        """The policy's parameters (on the CPU) and their version, for the rollout workers.
+
+        On a CPU learner the tensors are the live parameters, not copies: receivers copy them in.
+        """
         tensors = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return WeightUpdate(tensors, self.policy_version)
 
