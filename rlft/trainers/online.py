@@ -41,6 +41,7 @@ def train(cfg: RLFTConfig) -> Path:
 
     sampler, rewards, tokenizer, resume_from = _prepare(cfg, run_dir)
     advantage_fn = get_advantage(cfg.algorithm.advantage)
+    group_size = cfg.algorithm.group_size
 
     with Cluster(cfg.cluster) as cluster:
         learner, workers = start_workers(cluster, cfg)
@@ -64,7 +65,6 @@ def train(cfg: RLFTConfig) -> Path:
                 rows = sampler.sample(cfg.data.global_prompts_per_step)
                 prompts = [row[cfg.data.prompt_column] for row in rows]
                 prompt_ids = tokenize_prompts(tokenizer, prompts, cfg.data, cfg.model.max_prompt_tokens)
-                group_size = cfg.algorithm.group_size
 
                 # 2. Generate on the rollout workers (prompts split evenly, results in prompt order).
                 groups = _generate(
