@@ -12,6 +12,13 @@ from rlft.tiny_model import resolve_model_path
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _quiet_transformers() -> None:
+    """No per-load progress bars: with several actors they flood the driver's console."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     """The tokenizer of ``model.tokenizer_path`` (default ``model.path``); it must have a pad token."""
     from transformers import AutoTokenizer
@@ -29,6 +36,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn
 
     if cfg.dtype not in DTYPES:
         raise ValueError(f"model.dtype={cfg.dtype!r} is not one of {sorted(DTYPES)}")
+    _quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(cfg.path), dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
     )
