@@ -98,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0
 
-    from rlft.trainers.online import SetupError, train
+    from rlft.trainers.online import SetupError
 
+    if cfg.algorithm.kind == "preference":
+        from rlft.trainers.preference import train
+    else:
+        from rlft.trainers.online import train
     try:
         run_dir = train(cfg)
     except SetupError as err:

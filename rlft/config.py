@@ -20,6 +20,8 @@ class ModelConfig:
     model (scripts/make_tiny_model.py) on first use and caches it under ``~/.cache/rlft``."""
     tokenizer_path: str | None = None
     """Tokenizer hub id or directory; defaults to ``path``."""
+    critic_path: str | None = None
+    """PPO critic (algorithm.advantage=gae): backbone to put a value head on; defaults to ``path``."""
     dtype: str = "float32"
     """Parameter dtype: float32 | bfloat16 | float16."""
     trust_remote_code: bool = False
@@ -32,12 +34,32 @@ class ModelConfig:
 class KLConfig:
     estimator: str = "k3"
     """KL estimator between policy and reference: k1 | k2 | k3 (Schulman, 'Approximating KL')."""
+    in_reward: bool = False
+    """Apply KL as a per-token reward penalty (-coef * KL; PPO/REINFORCE++) instead of a loss term."""
+    adaptive: bool = False
+    """Adapt the coefficient toward ``target`` (Ziegler et al. 2019 controller); else fixed at beta."""
+    target: float = 6.0
+    """Adaptive controller: the KL per sequence to aim for."""
+    horizon: int = 10000
+    """Adaptive controller: samples over which the coefficient may change by a factor of e."""
+
+
+@dataclass
+class DynamicSamplingConfig:
+    enabled: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts
+    until ``data.global_prompts_per_step`` groups with signal are collected."""
+    max_rounds: int = 4
+    """Give up after this many generation rounds per step and train on what was collected."""
 
 
 @dataclass
 class AlgorithmConfig:
     name: str = "grpo"
     """Name of the algorithm preset (for logs and recipes)."""
+    kind: str = "online"
+    """online: the RL step loop (rollout, rewards, policy update). preference: offline training on
+    preference data (DPO family, KTO) with the same learner, checkpoints and trackers."""
     advantage: str = "grpo"
     """Advantage estimator, by registry name (rlft.algorithms.ADVANTAGE_ESTIMATORS)."""
     policy_loss: str = "ppo_clip"
@@ -51,12 +73,49 @@ class AlgorithmConfig:
     clip_low: float = 0.2
     """PPO clip range below 1: ratios under 1 - clip_low stop giving gradient."""
     clip_high: float = 0.2
-    """PPO clip range above 1: ratios over 1 + clip_high stop giving gradient."""
+    """PPO clip range above 1: ratios over 1 + clip_high stop giving gradient (DAPO: 0.28)."""
+    dual_clip_c: float = 3.0
+    """Dual-clip PPO: for negative advantages the loss is capped at c * |A| (Ye et al. 2020)."""
     beta: float = 0.0
-    """Weight of the KL(policy || reference) loss term; 0 loads no reference model."""
+    """KL coefficient (online RL; 0 loads no reference model) or preference temperature (DPO family)."""
     kl: KLConfig = field(default_factory=KLConfig)
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (subtracted from the loss)."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling against the sampler's logprobs: per-token weights
+    min(pi_old / pi_sampler, tis_cap) correct for rollout/learner mismatch; 0 = off."""
+    gamma: float = 1.0
+    """Discount for returns (GAE, REINFORCE++)."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_rewards: bool = False
+    """PPO: normalise rewards over the batch before computing advantages."""
+    whiten_advantages: bool = True
+    """PPO (gae): normalise advantages over the batch's completion tokens."""
+    value_clip: float = 0.2
+    """PPO critic: clip the new value to within this distance of the old one (clipped value loss)."""
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    overlong_buffer_len: int = 0
+    """DAPO overlong reward shaping: penalise completions in the last N tokens before
+    max_new_tokens linearly, down to -overlong_penalty at the limit; 0 = off."""
+    overlong_penalty: float = 1.0
+    """DAPO overlong reward shaping: the penalty at max_new_tokens."""
     epochs_per_step: int = 1
     """Passes over each step's samples (mu in the GRPO paper)."""
+    preference_loss: str = "sigmoid"
+    """Offline preference loss, by registry name (rlft.algorithms.PREFERENCE_LOSSES)."""
+    label_smoothing: float = 0.0
+    """cDPO / robust DPO: assumed probability that a preference label is flipped."""
+    simpo_gamma: float = 0.5
+    """SimPO target reward margin gamma."""
+    orpo_lambda: float = 0.1
+    """ORPO: weight of the odds-ratio term next to the chosen NLL."""
+    kto_desirable_weight: float = 1.0
+    """KTO lambda_D: weight of desirable examples."""
+    kto_undesirable_weight: float = 1.0
+    """KTO lambda_U: weight of undesirable examples."""
+    nll_coef: float = 0.0
+    """Weight of an extra NLL (SFT) term on the chosen completions (RPO-style); 0 = off."""
 
 
 @dataclass
@@ -100,6 +159,8 @@ class LearnerConfig:
     """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW betas."""
+    critic_lr: float = 1e-5
+    """AdamW learning rate of the PPO critic."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this value; 0 = no clipping."""
     global_samples_per_optimizer_step: int = 0
@@ -117,12 +178,35 @@ class DataConfig:
     """Split to read from a hub dataset."""
     prompt_column: str = "prompt"
     """Column holding the prompt text; every other column reaches reward functions as a keyword."""
+    chosen_column: str = "chosen"
+    """Preference data: the preferred response (text or a list of chat messages)."""
+    rejected_column: str = "rejected"
+    """Preference data: the dispreferred response (text or a list of chat messages)."""
+    completion_column: str = "completion"
+    """Unpaired preference data (KTO): the response."""
+    label_column: str = "label"
+    """Unpaired preference data (KTO): true if the response is desirable."""
     global_prompts_per_step: int = 8
     """B: prompts drawn per RL step (each expanded to algorithm.group_size samples)."""
     apply_chat_template: bool = True
     """Wrap each prompt as a user message with the tokenizer's chat template."""
     system_prompt: str | None = None
     """Optional system message placed before each prompt when the chat template is used."""
+
+
+@dataclass
+class RewardModelConfig:
+    path: str | None = None
+    """Sequence-classification reward model (hub id or directory) scored on its own actor; its
+    score is added to the reward functions' weighted sum. None = no reward model."""
+    weight: float = 1.0
+    """Weight of the reward model's score in the sample reward."""
+    num_cpus: float = 1.0
+    """CPUs Ray reserves for the reward-model actor."""
+    num_gpus: float = 0.0
+    """GPUs Ray reserves for the reward-model actor."""
+    per_device_samples_per_batch: int = 32
+    """Samples per reward-model forward pass."""
 
 
 @dataclass
@@ -133,6 +217,7 @@ class RewardConfig:
     """One weight per function; empty = 1.0 each. The sample reward is the weighted sum."""
     failure_reward: float = 0.0
     """Reward a sample gets from a function that raised, returned the wrong length or a non-number."""
+    model: RewardModelConfig = field(default_factory=RewardModelConfig)
 
 
 @dataclass
@@ -160,7 +245,7 @@ class TrackingConfig:
     console: bool = True
     """Live progress bar with reward and throughput."""
     jsonl: bool = True
-    """Write metrics.jsonl in the run directory (always on for the CLI's reward summary)."""
+    """Write metrics.jsonl and samples.jsonl in the run directory."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     samples_per_step: int = 4
     """Completions per step written to samples.jsonl (0 = none)."""
@@ -179,7 +264,7 @@ class TrainerConfig:
     resume: str = "auto"
     """auto (newest complete checkpoint in output_dir, if any) | never | <checkpoint dir>."""
     keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
+    """How many recent checkpoints to keep; 0 = keep all."""
 
 
 @dataclass
@@ -200,10 +285,29 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="rlft_schema", node=RLFTConfig)
 
 
+GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+"""Advantage estimators whose baseline comes from the other samples of the prompt's group."""
+
+
 def validate(cfg: RLFTConfig) -> None:
     """Checks across keys that a type alone cannot express; raises ValueError naming the key."""
+    online = cfg.algorithm.kind == "online"
     checks = [
-        (cfg.algorithm.group_size >= 2, "algorithm.group_size must be >= 2 (a group needs a baseline)"),
+        (cfg.algorithm.kind in ("online", "preference"), "algorithm.kind must be online or preference"),
+        (cfg.algorithm.group_size >= 1, "algorithm.group_size must be >= 1"),
+        (
+            cfg.algorithm.group_size >= 2 or cfg.algorithm.advantage not in GROUP_BASELINE_ADVANTAGES,
+            f"algorithm.group_size must be >= 2 for algorithm.advantage={cfg.algorithm.advantage} "
+            "(its baseline is the rest of the group)",
+        ),
+        (
+            cfg.algorithm.overlong_buffer_len < cfg.rollout.sampling.max_new_tokens,
+            "algorithm.overlong_buffer_len must be smaller than rollout.sampling.max_new_tokens",
+        ),
+        (
+            cfg.algorithm.dynamic_sampling.max_rounds >= 1,
+            "algorithm.dynamic_sampling.max_rounds must be >= 1",
+        ),
         (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
         (cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1"),
         (cfg.learner.num_workers == 1, "learner.num_workers: only 1 learner is supported so far"),
@@ -220,7 +324,10 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.algorithm.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1"),
         (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
         (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
-        (bool(cfg.reward.functions), "reward.functions is empty: name at least one reward function"),
+        (
+            bool(cfg.reward.functions) or not online,
+            "reward.functions is empty: name at least one reward function",
+        ),
         (
             not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),
             f"reward.weights has {len(cfg.reward.weights)} entries for {len(cfg.reward.functions)} "
@@ -230,3 +337,28 @@ def validate(cfg: RLFTConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    _check_names(cfg)
+
+
+def _check_names(cfg: RLFTConfig) -> None:
+    """Every component named in the config exists (each getter raises naming the key and the options)."""
+    from rlft import algorithms
+    from rlft.cluster import MODES
+    from rlft.rollout.worker import ENGINES
+
+    algo = cfg.algorithm
+    if algo.kind == "online":
+        algorithms.get_advantage(algo.advantage)
+        algorithms.get_policy_loss(algo.policy_loss)
+        algorithms.get_loss_agg(algo.loss_agg)
+        algorithms.get_kl(algo.kl.estimator)
+    else:
+        algorithms.get_preference_loss(algo.preference_loss)
+    wandb_modes = ("auto", "online", "offline", "disabled")
+    for key, value, options in [
+        ("rollout.engine", cfg.rollout.engine, ENGINES),
+        ("cluster.mode", cfg.cluster.mode, MODES),
+        ("tracking.wandb.mode", cfg.tracking.wandb.mode, wandb_modes),
+    ]:
+        if value not in options:
+            raise ValueError(f"{key}={value!r} is not one of {options}")

@@ -48,21 +48,46 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def load_value_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A critic: the causal LM's backbone at ``model.critic_path`` (default ``model.path``) with a
+    fresh scalar head per token (``AutoModelForTokenClassification``, one label)."""
+    from transformers import AutoModelForTokenClassification
+
+    _quiet_transformers()
+    model = AutoModelForTokenClassification.from_pretrained(
+        resolve_model_path(cfg.critic_path or cfg.path),
+        num_labels=1,
+        dtype=DTYPES[cfg.dtype],
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    return model.to(device)
+
+
+def token_values(
+    critic: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """[N, L] critic values aligned with ``input_ids`` like :func:`token_logprobs`: column t holds
+    V of the state before token t is generated (read at position t - 1); column 0 is 0."""
+    scores = critic(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
+    return torch.nn.functional.pad(scores[:, :-1], (1, 0))
+
+
 def token_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability and entropy of each position's next-token distribution, aligned with ``input_ids``.
 
     ``logits`` [N, L, V] from a causal LM over ``input_ids`` [N, L]. Returns (logprobs, entropy),
     both [N, L]: column t holds log p(input_ids[:, t] | input_ids[:, :t]) at the sampling
-    ``temperature`` and the entropy of that distribution (no gradient); column 0 has no context
-    and is 0. One sequence at a time, so only one [L, V] float32 copy of the logits exists at once.
+    ``temperature`` and the entropy of that distribution (differentiable only with
+    ``entropy_grad``); column 0 has no context and is 0. One sequence at a time, so only one
+    [L, V] float32 copy of the logits exists at once.
     """
     logprobs = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     entropy = torch.zeros_like(logprobs)
     for i in range(input_ids.shape[0]):
         logp = torch.log_softmax(logits[i, :-1].float() / temperature, dim=-1)
         logprobs[i, 1:] = logp.gather(-1, input_ids[i, 1:, None]).squeeze(-1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy[i, 1:] = -(logp.exp() * logp).sum(-1)
     return logprobs, entropy

@@ -19,11 +19,11 @@ def samples(tiny_model_dir: Path) -> list[Sample]:
     worker = RolloutWorker(ModelConfig(path=str(tiny_model_dir)), RolloutConfig())
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
     groups = worker.generate(prompts, 4, SamplingConfig(max_new_tokens=6), seed=0)
-    advantages = torch.randn(12, generator=torch.Generator().manual_seed(0)).tolist()
-    flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
+    rewards = torch.rand(12, generator=torch.Generator().manual_seed(0)).tolist()
+    flat = [(i, p, c) for i, (p, g) in enumerate(zip(prompts, groups, strict=True)) for c in g]
     return [
-        Sample(p, c.token_ids, c.logprobs, a, c.policy_version)
-        for (p, c), a in zip(flat, advantages, strict=True)
+        Sample(p, c.token_ids, c.logprobs, r, i, c.policy_version)
+        for (i, p, c), r in zip(flat, rewards, strict=True)
     ]
 
 
@@ -80,9 +80,10 @@ def test_train_step_metrics_and_version(tiny_model_dir: Path, samples: list[Samp
 
 def test_collate_aligns_completion_tokens() -> None:
     batch = collate(
-        [Sample([1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], 1.0, 0), Sample([6], [7], [-0.5], -1.0, 0)], 0
+        [Sample([1, 2], [3, 4, 5], [-0.1, -0.2, -0.3], 1.0, 0, 0), Sample([6], [7], [-0.5], None, 1, 0)], 0
     )
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]
     assert batch.completion_mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
     assert batch.sampler_logprobs[0, 2:].tolist() == pytest.approx([-0.1, -0.2, -0.3])
+    assert batch.rewards[0] == 1.0 and batch.rewards[1].isnan() and batch.group_ids.tolist() == [0, 1]
     assert len(batch.select(slice(1, 2))) == 1 and batch.select(slice(1, 2)).input_ids.shape == (1, 2)

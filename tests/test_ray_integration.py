@@ -15,11 +15,11 @@ from rlft.trainers.online import start_workers
 from rlft.weights import ObjectStoreTransport
 
 
-def _samples(prompt_ids: list[list[int]], groups: list, advantages: list[float]) -> list[Sample]:
-    flat = [(p, c) for p, group in zip(prompt_ids, groups, strict=True) for c in group]
+def _samples(prompt_ids: list[list[int]], groups: list, rewards: list[float]) -> list[Sample]:
+    flat = [(i, p, c) for i, (p, group) in enumerate(zip(prompt_ids, groups, strict=True)) for c in group]
     return [
-        Sample(p, c.token_ids, c.logprobs, a, c.policy_version)
-        for (p, c), a in zip(flat, advantages, strict=True)
+        Sample(p, c.token_ids, c.logprobs, r, i, c.policy_version)
+        for (i, p, c), r in zip(flat, rewards, strict=True)
     ]
 
 

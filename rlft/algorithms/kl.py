@@ -34,3 +34,17 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """
     log_ratio = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
     return torch.expm1(log_ratio) - log_ratio
+
+
+def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: int, n_samples: int) -> float:
+    """One step of the adaptive KL controller of Ziegler et al. 2019 (arXiv 1909.08593), section 2.2.
+
+    e = clip(KL_observed / KL_target − 1, −0.2, 0.2) and β ← β · (1 + e · n_samples / horizon):
+    the coefficient grows while the policy drifts further than `target` (KL per sequence) from the
+    reference and shrinks while it stays closer, by at most 20% per `horizon` samples. Written with
+    K_β = n_samples / horizon, as in lm-human-preferences and TRL's AdaptiveKLController.
+    """
+    if target <= 0 or horizon <= 0:
+        raise ValueError(f"algorithm.kl.target ({target}) and algorithm.kl.horizon ({horizon}) must be > 0")
+    error = min(max(observed_kl / target - 1, -0.2), 0.2)
+    return coef * (1 + error * n_samples / horizon)

@@ -37,3 +37,6 @@ register_advantage, get_advantage = ADVANTAGE_ESTIMATORS.register, ADVANTAGE_EST
 register_policy_loss, get_policy_loss = POLICY_LOSSES.register, POLICY_LOSSES.lookup
 register_loss_agg, get_loss_agg = LOSS_AGGREGATIONS.register, LOSS_AGGREGATIONS.lookup
 register_kl, get_kl = KL_ESTIMATORS.register, KL_ESTIMATORS.lookup
+
+PREFERENCE_LOSSES = Registry("algorithm.preference_loss")
+register_preference_loss, get_preference_loss = PREFERENCE_LOSSES.register, PREFERENCE_LOSSES.lookup

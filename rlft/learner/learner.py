@@ -1,7 +1,8 @@
-"""Learner: owns the policy, the optional frozen reference model and the optimizer.
+"""Learner: owns the policy, the optional frozen reference model, the optional PPO critic and
+their optimizers.
 
-A plain class; ``rlft.cluster`` runs it as a Ray actor or in-process. The loss itself comes from
-the pure functions in ``rlft.algorithms``, picked by name from the config.
+A plain class; ``rlft.cluster`` runs it as a Ray actor or in-process. Advantages and losses come
+from the pure functions in ``rlft.algorithms``, picked by name from the config.
 """
 
 from __future__ import annotations
@@ -9,20 +10,38 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rlft.algorithms import get_kl, get_loss_agg, get_policy_loss
+from rlft.algorithms import (
+    AdvantageInput,
+    adaptive_kl_coef,
+    clipped_value_loss,
+    get_advantage,
+    get_kl,
+    get_loss_agg,
+    get_policy_loss,
+    truncated_is_weights,
+)
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Batch, Sample, collate
-from rlft.modeling import default_device, load_model, load_tokenizer, token_logprobs
+from rlft.modeling import (
+    default_device,
+    load_model,
+    load_tokenizer,
+    load_value_model,
+    token_logprobs,
+    token_values,
+)
 from rlft.weights import WeightUpdate
 
 
 class Learner:
-    """One policy-update per :meth:`train_step`; ``policy_version`` counts them."""
+    """One policy update per :meth:`train_step`; ``policy_version`` counts them."""
 
     def __init__(
         self,
@@ -36,49 +55,56 @@ class Learner:
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
-        self.cfg, self.algo, self.temperature = learner_cfg, algorithm_cfg, sampling_cfg.temperature
+        self.cfg, self.algo, self.sampling = learner_cfg, algorithm_cfg, sampling_cfg
         self.device = default_device()
         self.pad_token_id = load_tokenizer(model_cfg).pad_token_id
-        self.model = load_model(model_cfg, self.device).train()
+        # eval(): no dropout, so the update scores tokens exactly as the sampler did (gradients still flow).
+        self.model = load_model(model_cfg, self.device).eval()
         self.ref_model = None
-        if algorithm_cfg.beta > 0:
+        if self.needs_reference():
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=learner_cfg.lr,
-            betas=tuple(learner_cfg.betas),
-            weight_decay=learner_cfg.weight_decay,
-        )
+        self.optimizer = self._adamw(self.model, learner_cfg.lr)
+        self.critic = self.critic_optimizer = None
+        if algorithm_cfg.advantage == "gae":
+            self.critic = load_value_model(model_cfg, self.device).eval()
+            self.critic_optimizer = self._adamw(self.critic, learner_cfg.critic_lr)
+        self.advantage_fn = get_advantage(algorithm_cfg.advantage)
         self.policy_loss = get_policy_loss(algorithm_cfg.policy_loss)
         self.loss_agg = get_loss_agg(algorithm_cfg.loss_agg)
         self.kl_estimator = get_kl(algorithm_cfg.kl.estimator)
         self.token_mean = get_loss_agg("token_mean")
+        self.kl_coef = algorithm_cfg.beta
         self.policy_version = 0
+
+    def needs_reference(self) -> bool:
+        """Whether a frozen copy of the initial policy is loaded (for the KL term)."""
+        return self.algo.beta > 0
+
+    def _adamw(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        c = self.cfg
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
 
     # --- the update -----------------------------------------------------------------------------
 
     def train_step(self, samples: list[Sample]) -> dict[str, float]:
-        """Update the policy on one RL step's samples; returns the step's learner metrics."""
+        """Update the policy (and critic) on one RL step's samples; returns learner metrics."""
         start = time.perf_counter()
-        batch = collate(samples, self.pad_token_id).to(self.device)
+        batch = self._prepare(collate(samples, self.pad_token_id).to(self.device))
         mini_size = self.cfg.global_samples_per_optimizer_step or len(batch)
-        single_update = self.algo.epochs_per_step == 1 and mini_size >= len(batch)
-        # With a single optimizer step the policy is still the one that generated: ratio = 1.
-        old_logprobs = None if single_update else self._logprobs(self.model, batch)
-        ref_logprobs = self._logprobs(self.ref_model, batch) if self.ref_model is not None else None
         totals: dict[str, float] = {}
         for _ in range(self.algo.epochs_per_step):
             for lo in range(0, len(batch), mini_size):
-                index = slice(lo, lo + mini_size)
-                stats = self._optimizer_step(
-                    batch.select(index),
-                    None if old_logprobs is None else old_logprobs[index],
-                    None if ref_logprobs is None else ref_logprobs[index],
-                )
-                for k, v in stats.items():
+                for k, v in self._optimizer_step(batch.select(slice(lo, lo + mini_size))).items():
                     totals[k] = totals.get(k, 0.0) + v
         steps = self.algo.epochs_per_step * -(-len(batch) // mini_size)
         metrics = {k: v / steps for k, v in totals.items()}
+        metrics["advantage/mean"] = self.token_mean(batch.advantages, batch.completion_mask).item()
+        if self.ref_model is not None and self.algo.kl.adaptive:
+            self.kl_coef = adaptive_kl_coef(
+                self.kl_coef, metrics["kl/seq"], self.algo.kl.target, self.algo.kl.horizon, len(batch)
+            )
+        if self.ref_model is not None:
+            metrics["kl_coef"] = self.kl_coef
         # How many policy updates old the oldest sample is (0 when rollout waits for every update).
         metrics["staleness"] = float(max(self.policy_version - s.policy_version for s in samples))
         self.policy_version += 1
@@ -86,68 +112,129 @@ class Learner:
         metrics["timing/train_s"] = time.perf_counter() - start
         return metrics
 
-    def _optimizer_step(
-        self, batch: Batch, old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None
-    ) -> dict[str, float]:
+    def _prepare(self, batch: Batch) -> Batch:
+        """Old/reference log-probs, old values, then advantages and returns (a pure function)."""
+        mini_size = self.cfg.global_samples_per_optimizer_step or len(batch)
+        single_update = self.algo.epochs_per_step == 1 and mini_size >= len(batch)
+        # With a single optimizer step the policy is still the one that generated: the update
+        # uses its own detached log-probs as "old" and skips this forward pass.
+        needs_old = not single_update or self.algo.kl.in_reward
+        old = self._no_grad_forward(self._logprobs_of(self.model), batch) if needs_old else None
+        ref = (
+            None
+            if self.ref_model is None
+            else self._no_grad_forward(self._logprobs_of(self.ref_model), batch)
+        )
+        values = None if self.critic is None else self._no_grad_forward(self._values, batch)
+        token_rewards = None
+        if self.algo.kl.in_reward and ref is not None:
+            token_rewards = -self.kl_coef * self.kl_estimator(old, ref) * batch.completion_mask
+        data = AdvantageInput(batch.rewards, batch.group_ids, batch.completion_mask, token_rewards, values)
+        advantages, returns = self.advantage_fn(data, self.algo)
+        return replace(
+            batch,
+            advantages=advantages,
+            returns=returns,
+            old_logprobs=old,
+            ref_logprobs=ref,
+            old_values=values,
+        )
+
+    def _optimizer_step(self, batch: Batch) -> dict[str, float]:
         """Gradient accumulation over micro-batches, normalised over the whole mini-batch."""
         self.optimizer.zero_grad(set_to_none=True)
-        norm = {"num_tokens": batch.completion_mask.sum().item(), "num_seqs": float(len(batch))}
-        names = ("loss/policy", "loss/kl", "kl", "entropy", "clip_frac", "logprob_diff/sampler")
-        stats = dict.fromkeys(names, 0.0)
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.zero_grad(set_to_none=True)
+        norm = {
+            "num_tokens": batch.completion_mask.sum().item(),
+            "num_seqs": float(len(batch)),
+            "horizon": self.sampling.max_new_tokens,
+        }
+        stats: dict[str, float] = {}
+
+        def add(name: str, value: torch.Tensor) -> None:
+            stats[name] = stats.get(name, 0.0) + value.item()
+
         micro = self.cfg.per_device_samples_per_micro_batch
         for lo in range(0, len(batch), micro):
-            index = slice(lo, lo + micro)
-            mb = batch.select(index)
-            width = mb.input_ids.shape[1]
-            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            logprobs, entropy = token_logprobs(logits, mb.input_ids, self.temperature)
-            old = logprobs.detach() if old_logprobs is None else old_logprobs[index, :width]
+            mb = batch.select(slice(lo, lo + micro))
             mask = mb.completion_mask
-            per_token, info = self.policy_loss(
-                logprobs, old, mb.advantages, mask, clip_low=self.algo.clip_low, clip_high=self.algo.clip_high
+            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            logprobs, entropy = token_logprobs(
+                logits, mb.input_ids, self.sampling.temperature, entropy_grad=self.algo.entropy_coef > 0
             )
-            loss = policy_loss = self.loss_agg(per_token, mask, **norm)
-            token_mean = self.token_mean
-            if ref_logprobs is not None:
-                kl = self.kl_estimator(logprobs, ref_logprobs[index, :width])
-                kl_loss = self.loss_agg(kl, mask, **norm)
-                loss = loss + self.algo.beta * kl_loss
-                stats["loss/kl"] += kl_loss.item()
-                stats["kl"] += token_mean(kl.detach(), mask, **norm).item()
+            old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
+            per_token, info = self.policy_loss(logprobs, old, mb.advantages, mask, self.algo)
+            if self.algo.tis_cap > 0:
+                per_token = per_token * truncated_is_weights(
+                    old, mb.sampler_logprobs, mask, self.algo.tis_cap
+                )
+            policy_loss = self.loss_agg(per_token, mask, **norm)
+            loss = policy_loss
+            if mb.ref_logprobs is not None:
+                kl = self.kl_estimator(logprobs, mb.ref_logprobs) * mask
+                if not self.algo.kl.in_reward:
+                    loss = loss + self.kl_coef * self.loss_agg(kl, mask, **norm)
+                add("kl", self.token_mean(kl.detach(), mask, **norm))
+                add("kl/seq", kl.detach().sum() / norm["num_seqs"])
+            entropy_mean = self.token_mean(entropy, mask, **norm)
+            if self.algo.entropy_coef > 0:
+                loss = loss - self.algo.entropy_coef * entropy_mean
             loss.backward()
-            stats["loss/policy"] += policy_loss.item()
-            stats["entropy"] += token_mean(entropy, mask, **norm).item()
-            stats["clip_frac"] += token_mean(info["clipped"], mask, **norm).item()
+            if self.critic is not None:
+                values = token_values(self.critic, mb.input_ids, mb.attention_mask)
+                value_loss = self.token_mean(
+                    clipped_value_loss(values, mb.old_values, mb.returns, mask, self.algo.value_clip),
+                    mask,
+                    **norm,
+                )
+                value_loss.backward()
+                add("loss/value", value_loss)
+            add("loss/policy", policy_loss)
+            add("entropy", entropy_mean)
+            add("clip_frac", self.token_mean(info["clipped"], mask, **norm))
             # How far the engine's numerics (or stale weights) are from the learner's: ~0 when in sync.
-            diff = (logprobs.detach() - mb.sampler_logprobs).abs()
-            stats["logprob_diff/sampler"] += token_mean(diff, mask, **norm).item()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.cfg.max_grad_norm or float("inf")
-        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-        self.optimizer.step()
-        if ref_logprobs is None:
-            del stats["loss/kl"], stats["kl"]
+            add(
+                "logprob_diff/sampler",
+                self.token_mean((logprobs.detach() - mb.sampler_logprobs).abs(), mask, **norm),
+            )
+        stats["grad_norm"] = self._clip_and_step(self.model, self.optimizer)
+        if self.critic is not None:
+            stats["critic/grad_norm"] = self._clip_and_step(self.critic, self.critic_optimizer)
         return stats
+
+    def _clip_and_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm or float("inf")).item()
+        optimizer.step()
+        return norm
+
+    def _logprobs_of(self, model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
+        def forward(mb: Batch) -> torch.Tensor:
+            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
+            return token_logprobs(logits, mb.input_ids, self.sampling.temperature)[0]
+
+        return forward
+
+    def _values(self, mb: Batch) -> torch.Tensor:
+        return token_values(self.critic, mb.input_ids, mb.attention_mask)
+
+    @torch.no_grad()
+    def _no_grad_forward(self, forward: Callable[[Batch], torch.Tensor], batch: Batch) -> torch.Tensor:
+        """[N, L] per-token outputs of ``forward`` over ``batch``, in micro-batches."""
+        out = torch.zeros(batch.input_ids.shape, device=self.device)
+        micro = self.cfg.per_device_samples_per_micro_batch
+        for lo in range(0, len(batch), micro):
+            mb = batch.select(slice(lo, lo + micro))
+            out[lo : lo + micro, : mb.input_ids.shape[1]] = forward(mb)
+        return out
 
     def completion_logprobs(self, samples: list[Sample]) -> list[list[float]]:
         """The current policy's log-probability of each completion token (e.g. to check that the
         rollout engine samples from the same weights)."""
         batch = collate(samples, self.pad_token_id).to(self.device)
-        logprobs = self._logprobs(self.model, batch)
+        logprobs = self._no_grad_forward(self._logprobs_of(self.model), batch)
         return [row[mask.bool()].tolist() for row, mask in zip(logprobs, batch.completion_mask, strict=True)]
-
-    @torch.no_grad()
-    def _logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """[N, L] token log-probabilities of ``batch`` under ``model``, in micro-batches."""
-        out = torch.zeros(batch.input_ids.shape, device=self.device)
-        micro = self.cfg.per_device_samples_per_micro_batch
-        for lo in range(0, len(batch), micro):
-            mb = batch.select(slice(lo, lo + micro))
-            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            out[lo : lo + micro, : mb.input_ids.shape[1]] = token_logprobs(
-                logits, mb.input_ids, self.temperature
-            )[0]
-        return out
 
     # --- weights and checkpoints ----------------------------------------------------------------
 
@@ -160,39 +247,49 @@ class Learner:
         return WeightUpdate(tensors, self.policy_version)
 
     def save_checkpoint(self, path: str) -> None:
-        """Write model, optimizer and RNG states into the (new) directory ``path``."""
+        """Write model(s), optimizer(s) and RNG states into the (new) directory ``path``."""
         out = Path(path)
         self.model.save_pretrained(out / "policy")
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate(),
-            },
-            out / "learner_state.pt",
-        )
-        (out / "learner.json").write_text(json.dumps({"policy_version": self.policy_version}))
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+        }
+        if self.critic is not None:
+            self.critic.save_pretrained(out / "critic")
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        torch.save(state, out / "learner_state.pt")
+        meta = {"policy_version": self.policy_version, "kl_coef": self.kl_coef}
+        (out / "learner.json").write_text(json.dumps(meta))
 
     def load_checkpoint(self, path: str) -> None:
         """Restore what :meth:`save_checkpoint` wrote."""
-        from safetensors.torch import load_file
-
         ckpt = Path(path)
-        weights = load_file(ckpt / "policy" / "model.safetensors")
-        result = self.model.load_state_dict(weights, strict=False)
-        # save_pretrained drops tied copies (lm_head = embeddings); anything else missing is an error.
-        own = self.model.state_dict()
-        loaded = {own[k].data_ptr() for k in weights}
-        missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]
-        if missing or result.unexpected_keys:
-            raise RuntimeError(
-                f"checkpoint {ckpt} does not match the model: missing {missing}, "
-                f"unexpected {result.unexpected_keys}"
-            )
+        _load_weights(self.model, ckpt / "policy")
         state = torch.load(ckpt / "learner_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.critic is not None:
+            _load_weights(self.critic, ckpt / "critic")
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
-        self.policy_version = json.loads((ckpt / "learner.json").read_text())["policy_version"]
+        meta = json.loads((ckpt / "learner.json").read_text())
+        self.policy_version, self.kl_coef = meta["policy_version"], meta["kl_coef"]
+
+
+def _load_weights(model: torch.nn.Module, directory: Path) -> None:
+    """Load ``save_pretrained`` weights in place; only tied copies may be missing from the file."""
+    from safetensors.torch import load_file
+
+    weights = load_file(directory / "model.safetensors")
+    result = model.load_state_dict(weights, strict=False)
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in weights}
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"checkpoint {directory} does not match the model: "
+            f"missing {missing}, unexpected {result.unexpected_keys}"
+        )

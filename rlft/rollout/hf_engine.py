@@ -23,10 +23,14 @@ class HFEngine:
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int
     ) -> list[list[Completion]]:
-        torch.manual_seed(seed)
-        out: list[list[Completion]] = []
-        for start in range(0, len(prompts), self.max_prompts_per_generate):
-            out += self._generate_chunk(prompts[start : start + self.max_prompts_per_generate], n, sampling)
+        # A private RNG stream: in local mode the learner shares this process's global RNG.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out: list[list[Completion]] = []
+            for start in range(0, len(prompts), self.max_prompts_per_generate):
+                out += self._generate_chunk(
+                    prompts[start : start + self.max_prompts_per_generate], n, sampling
+                )
         return out
 
     def _generate_chunk(

@@ -25,8 +25,8 @@ class JsonlTracker:
     """Appends each step's metrics to ``run_dir/metrics.jsonl`` and sample rows to
     ``run_dir/samples.jsonl``, flushing every line so that a crash loses nothing already logged.
 
-    Files are opened for appending, so a resumed run continues the same files; a step that was
-    logged before the crash and redone after the resume appears twice (see :func:`read_metrics`).
+    Files are opened for appending, so a resumed run continues the same files (the trainer first
+    drops the lines of steps it is about to redo).
     """
 
     def __init__(self, run_dir: str | Path) -> None:

@@ -13,11 +13,23 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from rlft.config import RLFTConfig, TrainerConfig
+
 CKPT_PREFIX = "step_"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
+
+
+def create_run_dir(cfg: RLFTConfig) -> Path:
+    """``trainer.output_dir``, created if needed, with the resolved config in its config.yaml."""
+    run_dir = Path(cfg.trainer.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return run_dir
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -46,6 +58,55 @@ def save_checkpoint(
     for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_if_due(
+    cfg: TrainerConfig, run_dir: Path, step: int, cluster: Any, learner: Any, sampler: Any
+) -> None:
+    """Checkpoint the learner and the data position every ``trainer.checkpoint_every`` steps and
+    after the last step."""
+    every = cfg.checkpoint_every
+    if step == cfg.max_steps or (every and step % every == 0):
+        save_checkpoint(
+            run_dir,
+            step,
+            {"sampler": sampler.state_dict()},
+            lambda d: cluster.get(learner.save_checkpoint.remote(str(d))),
+            keep=cfg.keep_checkpoints,
+        )
+
+
+def checkpoint_to_resume(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint ``trainer.resume`` asks for: auto = newest in the run, never, or a directory."""
+    if resume == "never":
+        if latest_checkpoint(run_dir) is not None:
+            raise FileExistsError(
+                f"trainer.resume=never but {checkpoint_dir(run_dir)} holds checkpoints of an earlier run; "
+                "choose a new trainer.output_dir, or resume it with trainer.resume=auto"
+            )
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(
+            f"trainer.resume={resume!r} is not a checkpoint directory (no trainer_state.json)"
+        )
+    return path
+
+
+def resume(run_dir: Path, ckpt: Path | None, cluster: Any, learner: Any, sampler: Any) -> int:
+    """Restore the learner and the data position from ``ckpt`` (if any) and drop log lines past it;
+    returns the step to continue after (0 for a fresh run)."""
+    step = 0
+    if ckpt is not None:
+        state = read_trainer_state(ckpt)
+        cluster.get(learner.load_checkpoint.remote(str(ckpt)))
+        sampler.load_state_dict(state["sampler"])
+        step = state["step"]
+    for log in ("metrics.jsonl", "samples.jsonl"):
+        truncate_jsonl(run_dir / log, step)
+    return step
 
 
 def read_trainer_state(ckpt: Path) -> dict[str, Any]:

@@ -23,8 +23,8 @@ class WeightUpdate:
 
 class ObjectStoreTransport:
     """The learner's ``get_weights`` result lands in Ray's object store once; each rollout worker
-    reads it from there (zero-copy on the same node). The driver only passes the reference along,
-    so it never holds the weights. In local mode the same calls are plain function calls."""
+    reads (and deserialises its own copy of) it from there. The driver only passes the reference
+    along, so it never holds the weights. In local mode the same calls are plain function calls."""
 
     def sync(self, cluster: Any, learner: Any, workers: list[Any]) -> dict[str, float]:
         start = time.perf_counter()
