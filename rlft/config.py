@@ -308,6 +308,11 @@ def validate(cfg: RLFTConfig) -> None:
             cfg.algorithm.dynamic_sampling.max_rounds >= 1,
             "algorithm.dynamic_sampling.max_rounds must be >= 1",
         ),
+        (
+            online or cfg.algorithm.beta > 0 or cfg.algorithm.preference_loss == "orpo",
+            f"algorithm.beta must be > 0 for algorithm.preference_loss={cfg.algorithm.preference_loss} "
+            "(it is the preference temperature)",
+        ),
         (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
         (cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1"),
         (cfg.learner.num_workers == 1, "learner.num_workers: only 1 learner is supported so far"),

@@ -74,6 +74,11 @@ class Cluster:
         actor = ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus)
         return actor.remote(*args, **kwargs)
 
+    def threads(self, num_cpus: float) -> int:
+        """Torch threads for a Ray actor granted ``num_cpus`` (at least 1, at most this machine's
+        cores); 0 = leave the thread count alone, in local mode where all workers share a process."""
+        return 0 if self.local else max(1, min(int(num_cpus), os.cpu_count() or 1))
+
     def get(self, refs: Any) -> Any:
         """The value(s) behind what ``handle.method.remote()`` returned."""
         if self.local:
@@ -81,8 +86,3 @@ class Cluster:
         import ray
 
         return ray.get(refs)
-
-
-def threads_for(num_cpus: float) -> int:
-    """Torch threads for a worker granted ``num_cpus`` (at least 1, at most this machine's cores)."""
-    return max(1, min(int(num_cpus), os.cpu_count() or 1))

@@ -21,6 +21,9 @@ from rich.progress import (
 _LABELS = {
     "reward/mean": "reward",
     "loss/policy": "loss",
+    "loss": "loss",
+    "rewards/accuracy": "acc",
+    "rewards/margin": "margin",
     "kl": "kl",
     "entropy": "entropy",
     "clip_frac": "clip",
@@ -28,7 +31,7 @@ _LABELS = {
     "throughput/tokens_per_s": "tok/s",
 }
 _LINE_METRICS = tuple(_LABELS)
-_BAR_METRICS = ("reward/mean", "throughput/tokens_per_s", "kl")
+_BAR_METRICS = ("reward/mean", "throughput/tokens_per_s", "kl", "loss", "rewards/accuracy")
 _BLOCKS = "▁▂▃▄▅▆▇█"
 
 

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from rlft.algorithms import groups_with_signal, overlong_penalty
-from rlft.cluster import Cluster, threads_for
+from rlft.cluster import Cluster
 from rlft.config import RLFTConfig
 from rlft.data.prompts import PromptSampler, tokenize_prompts
 from rlft.learner.batch import Sample
@@ -38,9 +37,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 def train(cfg: RLFTConfig) -> Path:
     """Run ``cfg.trainer.max_steps`` RL steps; returns the run directory."""
-    run_dir = Path(cfg.trainer.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    run_dir = checkpoint.create_run_dir(cfg)
     sampler, rewards, tokenizer, resume_from = _prepare(cfg, run_dir)
 
     with Cluster(cfg.cluster) as cluster:
@@ -76,15 +73,7 @@ def train(cfg: RLFTConfig) -> Path:
                 trackers.log(metrics, step)
                 trackers.log_samples(rollout.sample_rows(cfg.tracking.samples_per_step), step)
 
-                every = cfg.trainer.checkpoint_every
-                if step == cfg.trainer.max_steps or (every and step % every == 0):
-                    checkpoint.save_checkpoint(
-                        run_dir,
-                        step,
-                        {"sampler": sampler.state_dict()},
-                        lambda d: cluster.get(learner.save_checkpoint.remote(str(d))),
-                        keep=cfg.trainer.keep_checkpoints,
-                    )
+                checkpoint.save_if_due(cfg.trainer, run_dir, step, cluster, learner, sampler)
     return run_dir
 
 
@@ -111,10 +100,6 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> tuple[PromptSampler, RewardManag
         raise SetupError(str(err)) from err
 
 
-def _threads(cluster: Cluster, num_cpus: float) -> int:
-    return 0 if cluster.local else threads_for(num_cpus)
-
-
 def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[Any, list[Any]]:
     """One learner and ``rollout.num_workers`` rollout workers, each with its own resources."""
     lc, rc = cfg.learner, cfg.rollout
@@ -125,7 +110,7 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[Any, list[Any]]:
         cfg.algorithm,
         rc.sampling,
         cfg.trainer.seed,
-        _threads(cluster, lc.num_cpus_per_worker),
+        cluster.threads(lc.num_cpus_per_worker),
         num_cpus=lc.num_cpus_per_worker,
         num_gpus=lc.num_gpus_per_worker,
     )
@@ -134,7 +119,7 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[Any, list[Any]]:
             RolloutWorker,
             cfg.model,
             rc,
-            _threads(cluster, rc.num_cpus_per_worker),
+            cluster.threads(rc.num_cpus_per_worker),
             num_cpus=rc.num_cpus_per_worker,
             num_gpus=rc.num_gpus_per_worker,
         )
@@ -151,7 +136,7 @@ def _start_reward_model(cluster: Cluster, cfg: RLFTConfig) -> Any | None:
         RewardModelWorker,
         rm,
         cfg.model.dtype,
-        _threads(cluster, rm.num_cpus),
+        cluster.threads(rm.num_cpus),
         num_cpus=rm.num_cpus,
         num_gpus=rm.num_gpus,
     )

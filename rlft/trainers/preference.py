@@ -28,7 +28,7 @@ from rlft.learner.preference import Logps, PreferenceLearner
 from rlft.modeling import load_tokenizer
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
-from rlft.trainers.online import SetupError, _threads
+from rlft.trainers.online import SetupError
 
 
 def train(cfg: RLFTConfig) -> Path:
@@ -48,7 +48,7 @@ def train(cfg: RLFTConfig) -> Path:
             lc,
             cfg.algorithm,
             cfg.trainer.seed,
-            _threads(cluster, lc.num_cpus_per_worker),
+            cluster.threads(lc.num_cpus_per_worker),
             num_cpus=lc.num_cpus_per_worker,
             num_gpus=lc.num_gpus_per_worker,
         )
