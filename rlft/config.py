@@ -330,8 +330,8 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
         (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
         (
-            bool(cfg.reward.functions) or not online,
-            "reward.functions is empty: name at least one reward function",
+            bool(cfg.reward.functions or cfg.reward.model.path) or not online,
+            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",
         ),
         (
             not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),

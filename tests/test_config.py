@@ -15,7 +15,7 @@ def test_defaults_compose() -> None:
     cfg = load_config([])
     assert cfg.model.path == "tiny"
     assert cfg.algorithm.advantage == "grpo"
-    assert cfg.reward.functions == ["rewards/synthetic.py:repeat_digit"]
+    assert cfg.reward.functions == ["rewards/synthetic.py:repeat_char"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -29,7 +29,7 @@ def test_command_line_contract_keys() -> None:
         [
             "recipe=quickstart",
             "model=tiny",
-            "reward.functions=[rewards/synthetic.py:repeat_digit,rewards/synthetic.py:repeat_digit]",
+            "reward.functions=[rewards/synthetic.py:repeat_char,rewards/synthetic.py:repeat_char]",
             "reward.weights=[1.0,0.2]",
             "rollout.engine=hf",
             "cluster.mode=local",

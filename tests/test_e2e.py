@@ -17,7 +17,7 @@ from rlft.tracking import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
     "reward/mean",
-    "reward/repeat_digit/mean",
+    "reward/repeat_char/mean",
     "loss/policy",
     "kl",
     "entropy",
@@ -75,7 +75,7 @@ def test_reward_function_that_raises_does_not_kill_the_run(
     bad = tmp_path / "bad_reward.py"
     bad.write_text("def boom(prompts, completions, **columns):\n    raise RuntimeError('reward bug')\n")
     out = tmp_path / "run"
-    fns = f"reward.functions=[rewards/synthetic.py:repeat_digit,{bad}:boom]"
+    fns = f"reward.functions=[rewards/synthetic.py:repeat_char,{bad}:boom]"
     args = _quick(
         tiny_model_dir, out, fns, "reward.weights=[1.0,1.0]", "cluster.mode=local", "trainer.max_steps=2"
     )
@@ -111,7 +111,7 @@ def test_dataset_without_the_reward_column_fails_at_start(
     args = _quick(tiny_model_dir, tmp_path / "run", f"data.path={data}", "cluster.mode=local")
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "answer" in err and "repeat_digit" in err
+    assert "answer" in err and "repeat_char" in err
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ Row = dict[str, str]
 
 
 def repeat_digit(rng: random.Random) -> Iterator[Row]:
-    """``Repeat this digit: 7`` -> answer ``7``. Scored by ``rewards/synthetic.py:repeat_digit``:
+    """``Repeat this digit: 7`` -> answer ``7``. Scored by ``rewards/synthetic.py:repeat_char``:
     the fraction of the completion's characters that are the asked digit, so partial answers earn
     partial credit. A random policy scores about 0.001; learning to emit digits lifts that to about
     0.1, and only copying the asked one gets near 1."""
@@ -23,7 +23,23 @@ def repeat_digit(rng: random.Random) -> Iterator[Row]:
         yield {"prompt": f"Repeat this digit: {digit}", "answer": digit}
 
 
-TASKS: dict[str, Callable[[random.Random], Iterator[Row]]] = {"repeat_digit": repeat_digit}
+LETTERS = "aeost"
+
+
+def repeat_letter(rng: random.Random) -> Iterator[Row]:
+    """``Repeat this letter: e`` -> answer ``e``, with a letter from ``aeost``. Scored like
+    ``repeat_digit``, but these letters fill 5-10% of a random tiny model's output, so a policy
+    gets a dense signal from the start: the task for estimators without group std normalisation
+    (RLOO, REINFORCE++, PPO's critic), which barely move on ``repeat_digit``'s ~0.001 rewards."""
+    while True:
+        letter = rng.choice(LETTERS)
+        yield {"prompt": f"Repeat this letter: {letter}", "answer": letter}
+
+
+TASKS: dict[str, Callable[[random.Random], Iterator[Row]]] = {
+    "repeat_digit": repeat_digit,
+    "repeat_letter": repeat_letter,
+}
 
 
 def builtin_task(name: str, seed: int) -> Iterator[Row]:
