@@ -41,7 +41,8 @@ class KLConfig:
     target: float = 6.0
     """Adaptive controller: the KL per sequence to aim for."""
     horizon: int = 10000
-    """Adaptive controller: samples over which the coefficient may change by a factor of e."""
+    """Adaptive controller: K_beta = samples / horizon scales each update (a step changes the
+    coefficient by at most a factor 1 +- 0.2 * samples / horizon)."""
 
 
 @dataclass
@@ -309,6 +310,11 @@ def validate(cfg: RLFTConfig) -> None:
             "algorithm.dynamic_sampling.max_rounds must be >= 1",
         ),
         (
+            not (cfg.algorithm.kl.in_reward and cfg.algorithm.advantage in ("grpo", "dr_grpo")),
+            f"algorithm.advantage={cfg.algorithm.advantage} takes the KL as a loss term: "
+            "set algorithm.kl.in_reward=false",
+        ),
+        (
             online or cfg.algorithm.beta > 0 or cfg.algorithm.preference_loss == "orpo",
             f"algorithm.beta must be > 0 for algorithm.preference_loss={cfg.algorithm.preference_loss} "
             "(it is the preference temperature)",
@@ -349,6 +355,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     """Every component named in the config exists (each getter raises naming the key and the options)."""
     from rlft import algorithms
     from rlft.cluster import MODES
+    from rlft.modeling import DTYPES
     from rlft.rollout.worker import ENGINES
 
     algo = cfg.algorithm
@@ -362,6 +369,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     wandb_modes = ("auto", "online", "offline", "disabled")
     for key, value, options in [
         ("rollout.engine", cfg.rollout.engine, ENGINES),
+        ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
         ("cluster.mode", cfg.cluster.mode, MODES),
         ("tracking.wandb.mode", cfg.tracking.wandb.mode, wandb_modes),
     ]:

@@ -62,6 +62,11 @@ def test_recipe_values_override_defaults_and_cli_overrides_recipe() -> None:
         ("recipe=no_such_recipe", "no_such_recipe"),
         ("algorithm.group_size=1", "algorithm.group_size"),
         ("reward.weights=[1.0,2.0]", "reward.weights"),
+        ("algorithm.kl.in_reward=true", "algorithm.kl.in_reward"),
+        ("algorithm.policy_loss=ppo_clipp", "algorithm.policy_loss"),
+        ("algorithm.advantage=grpoo", "algorithm.advantage"),
+        ("model.dtype=float64", "model.dtype"),
+        ("rollout.engine=vlm", "rollout.engine"),
     ],
 )
 def test_bad_config_fails_naming_the_key(override: str, named: str) -> None:

@@ -130,3 +130,16 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir: Pat
         "step_00000002",
         "step_00000004",
     ]
+
+
+def test_resume_never_refuses_a_run_directory_with_checkpoints(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    common = ("cluster.mode=local", "data.global_prompts_per_step=2", "trainer.max_steps=1")
+    assert main(_quick(tiny_model_dir, tmp_path / "run", *common)) == 0
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert (
+        main(_quick(tiny_model_dir, tmp_path / "run", *common, "trainer.resume=never", "trainer.seed=5")) == 2
+    )
+    assert "trainer.resume=never" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.yaml").read_text() == config  # the earlier run's config is kept

@@ -65,7 +65,7 @@ class Learner:
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
         self.optimizer = self._adamw(self.model, learner_cfg.lr)
         self.critic = self.critic_optimizer = None
-        if algorithm_cfg.advantage == "gae":
+        if algorithm_cfg.kind == "online" and algorithm_cfg.advantage == "gae":
             self.critic = load_value_model(model_cfg, self.device).eval()
             self.critic_optimizer = self._adamw(self.critic, learner_cfg.critic_lr)
         self.advantage_fn = get_advantage(algorithm_cfg.advantage)

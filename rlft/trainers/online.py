@@ -37,8 +37,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 def train(cfg: RLFTConfig) -> Path:
     """Run ``cfg.trainer.max_steps`` RL steps; returns the run directory."""
-    run_dir = checkpoint.create_run_dir(cfg)
+    run_dir = Path(cfg.trainer.output_dir)
     sampler, rewards, tokenizer, resume_from = _prepare(cfg, run_dir)
+    checkpoint.create_run_dir(cfg)  # only once the input is known to be good
 
     with Cluster(cfg.cluster) as cluster:
         learner, workers = start_workers(cluster, cfg)
@@ -243,15 +244,16 @@ def _collect(run: _Run, step: int) -> Rollout:
     collected = None
     for round_ in range(dynamic.max_rounds if dynamic.enabled else 1):
         rollout = _rollout_round(run, want, seed=(cfg.trainer.seed * 1_000_003 + step) * 100 + round_)
+        kept = rollout
         if dynamic.enabled:
             group_ids = torch.arange(len(rollout.prompts)).repeat_interleave(rollout.group_size)
             signal = groups_with_signal(rollout.rewards, group_ids).view(-1, rollout.group_size)[:, 0]
-            rollout = rollout.groups(signal)
-        collected = rollout if collected is None else collected.extend(rollout)
+            kept = rollout.groups(signal)
+        collected = kept if collected is None else collected.extend(kept)
         if len(collected.prompts) >= want:
             break
     if not collected.prompts:  # no group had signal in any round: train on the last (zero advantages)
-        collected = _rollout_round(run, want, seed=(cfg.trainer.seed * 1_000_003 + step) * 100 + 99)
+        collected = collected.extend(rollout)
     collected = collected.groups(torch.arange(len(collected.prompts)) < want)
     if dynamic.enabled:
         collected.reward_metrics["dynamic_sampling/rounds"] = float(round_ + 1)

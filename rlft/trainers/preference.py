@@ -33,8 +33,9 @@ from rlft.trainers.online import SetupError
 
 def train(cfg: RLFTConfig) -> Path:
     """Run ``cfg.trainer.max_steps`` preference steps; returns the run directory."""
-    run_dir = checkpoint.create_run_dir(cfg)
+    run_dir = Path(cfg.trainer.output_dir)
     data, tokenizer, resume_from = _prepare(cfg, run_dir)
+    checkpoint.create_run_dir(cfg)  # only once the input is known to be good
     sampler = ExampleSampler(len(data.examples), cfg.trainer.seed)
     ref_cache: dict[int, tuple[float, ...]] | None = (
         None if cfg.algorithm.preference_loss in REFERENCE_FREE_PREFERENCE_LOSSES else {}
