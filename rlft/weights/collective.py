@@ -11,17 +11,13 @@ and copies the bucket's tensors into its engine in place (``receive_weights``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from rlft.weights.buckets import BucketPacker, StagingBuffer, unpack
 from rlft.weights.group import WeightGroup, WeightGroupSpec, node_ip, open_store
-from rlft.weights.transport import MiB, sync_metrics
-
-LoadFn = Callable[[Iterable[tuple[str, torch.Tensor]]], int]
-"""An engine's ``load_named_tensors``: copies named tensors in place, returns the bytes."""
+from rlft.weights.transport import LoadFn, MiB, sync_metrics
 
 
 class CollectiveSender:

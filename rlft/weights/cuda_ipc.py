@@ -22,8 +22,7 @@ import torch
 from torch.multiprocessing.reductions import reduce_tensor
 
 from rlft.weights.buckets import BucketPacker, BucketSpec, unpack
-from rlft.weights.collective import LoadFn
-from rlft.weights.transport import MiB, sync_metrics
+from rlft.weights.transport import LoadFn, MiB, sync_metrics
 
 
 @dataclass

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from rlft.weights.transport import sync_metrics
+
 
 @dataclass
 class WeightUpdate:
@@ -24,13 +26,11 @@ class WeightUpdate:
 class ObjectStoreTransport:
     """The learner's ``get_weights`` result lands in Ray's object store once; each rollout worker
     reads (and deserialises its own copy of) it from there. The driver only passes the reference
-    along, so it never holds the weights. In local mode the same calls are plain function calls."""
+    along, so it never holds the weights. In local mode the same calls are plain function calls.
+    Works everywhere; the whole state dict moves as one object (through CPU memory)."""
 
     def sync(self, cluster: Any, learner: Any, workers: list[Any]) -> dict[str, float]:
         start = time.perf_counter()
         update = learner.get_weights.remote()
         received = cluster.get([w.load_weights.remote(update) for w in workers])
-        return {
-            "timing/weight_sync_s": time.perf_counter() - start,
-            "weight_sync/bytes": float(sum(received)),
-        }
+        return sync_metrics(start, sum(received))

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import torch
+
 MiB = 1 << 20
+
+LoadFn = Callable[[Iterable[tuple[str, torch.Tensor]]], int]
+"""A receiver's ``load_named_tensors``: copies named tensors into its model in place, returns the bytes."""
 
 
 class Transport(Protocol):
