@@ -1,4 +1,5 @@
-"""The ``rlft`` command: ``rlft train [recipe=<name>] [group=option] [key=value ...]``.
+"""The ``rlft`` command: ``rlft train [recipe=<name>] [group=option] [key=value ...]`` and
+``rlft export <checkpoint> --to <dir>``.
 
 Configs are composed with Hydra from ``conf/`` (plus ``recipes/<name>.yaml`` as the ``recipe``
 group) and validated against the dataclasses in :mod:`rlft.config` before anything starts.
@@ -86,7 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     train_parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
+    export_parser = sub.add_parser("export", help="write a checkpoint as a plain Hugging Face model")
+    export_parser.add_argument(
+        "checkpoint", help="a checkpoint directory, e.g. runs/x/checkpoints/step_00000100"
+    )
+    export_parser.add_argument("--to", required=True, help="new directory for the model and tokenizer")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from rlft.export import export_checkpoint
+
+        try:
+            print(f"exported to {export_checkpoint(args.checkpoint, args.to)}")
+        except (FileNotFoundError, FileExistsError) as err:
+            print(f"rlft: error: {err}", file=sys.stderr)
+            return 2
+        return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

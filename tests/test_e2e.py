@@ -143,3 +143,24 @@ def test_resume_never_refuses_a_run_directory_with_checkpoints(
     )
     assert "trainer.resume=never" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.yaml").read_text() == config  # the earlier run's config is kept
+
+
+def test_export_writes_a_plain_hugging_face_model(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common = ("cluster.mode=local", "data.global_prompts_per_step=2", "trainer.max_steps=1")
+    assert main(_quick(tiny_model_dir, tmp_path / "run", *common)) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
+    assert main(["export", str(ckpt), "--to", str(tmp_path / "hf")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    trained = load_file(ckpt / "policy" / "model.safetensors")
+    for name, tensor in model.state_dict().items():
+        if name in trained:
+            assert torch.equal(tensor, trained[name]), name
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert (
+        tokenizer("Repeat this digit: 3")["input_ids"]
+        == AutoTokenizer.from_pretrained(tiny_model_dir)("Repeat this digit: 3")["input_ids"]
+    )
+    assert main(["export", str(ckpt), "--to", str(tmp_path / "hf")]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from rlft.modeling import (
     token_logprobs,
     token_values,
 )
-from rlft.weights import WeightUpdate
+from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
 
 
 class Learner:
@@ -277,6 +277,31 @@ class Learner:
         random.setstate(state["python_rng"])
         meta = json.loads((ckpt / "learner.json").read_text())
         self.policy_version, self.kl_coef = meta["policy_version"], meta["kl_coef"]
+
+    # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
+
+    def open_weight_group(self, bucket_bytes: int, world_size: int) -> WeightGroupSpec:
+        """Collective transport: plan the buckets and open the group's rendezvous (this learner is
+        rank 0); returns what the rollout workers need to join."""
+        self._weight_sender = CollectiveSender(self.model, bucket_bytes, world_size)
+        return self._weight_sender.spec
+
+    def join_weight_group(self) -> None:
+        """Collective transport: join as rank 0, together with the workers' ``join_weight_group``."""
+        self._weight_sender.join()
+
+    def broadcast_weights(self) -> int:
+        """Collective transport: broadcast the policy version and every bucket; returns the bytes."""
+        return self._weight_sender.send(self.policy_version)
+
+    def prepare_weight_buckets(self, bucket_bytes: int) -> int:
+        """CUDA IPC transport: plan the buckets and allocate the staging buffer; returns their number."""
+        self._bucket_exporter = BucketExporter(self.model, bucket_bytes)
+        return self._bucket_exporter.num_buckets
+
+    def export_weight_bucket(self, index: int, num_receivers: int) -> list[BucketPayload]:
+        """CUDA IPC transport: pack bucket ``index``; one handle (or, on the CPU, copy) per receiver."""
+        return self._bucket_exporter.export(index, self.policy_version, num_receivers)
 
 
 def _load_weights(model: torch.nn.Module, directory: Path) -> None:

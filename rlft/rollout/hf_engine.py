@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
+
 import torch
 from transformers import GenerationConfig
 
 from rlft.config import ModelConfig, SamplingConfig
 from rlft.modeling import default_device, load_model, load_tokenizer
 from rlft.rollout.engine import Completion
+from rlft.weights.buckets import copy_into
 
 
 class HFEngine:
@@ -79,3 +83,12 @@ class HFEngine:
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy each ``(name, tensor)`` into the model's state-dict entry of that name, in place
+        (``param.copy_``, no reload); returns the bytes copied. Tied weights need one name only."""
+        return copy_into(self._state_by_name, tensors)
+
+    @functools.cached_property
+    def _state_by_name(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict(keep_vars=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from rlft.config import ModelConfig, RolloutConfig, SamplingConfig
+from rlft.modeling import default_device
 from rlft.rollout.engine import Completion, Engine
-from rlft.weights import WeightUpdate
+from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
 
 ENGINES = ("hf",)
 
@@ -46,3 +49,25 @@ class RolloutWorker:
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return self.engine.get_weights()
+
+    # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
+
+    def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy named tensors into the engine's model in place (no reload); returns the bytes."""
+        return self.engine.load_named_tensors(tensors)
+
+    def join_weight_group(self, spec: WeightGroupSpec, rank: int) -> None:
+        """Collective transport: join the learner's weight-sync group as ``rank`` (1..R)."""
+        self._weight_receiver = CollectiveReceiver(spec, rank, default_device())
+
+    def receive_weights(self) -> int:
+        """Collective transport: receive the learner's broadcast (version, then buckets, each
+        loaded as it arrives); returns the bytes received."""
+        self.policy_version, nbytes = self._weight_receiver.receive(self.engine.load_named_tensors)
+        return nbytes
+
+    def load_weight_bucket(self, payload: BucketPayload) -> int:
+        """CUDA IPC transport: load one bucket (mapped from the learner's GPU, or by value)."""
+        nbytes = load_bucket(payload, self.engine.load_named_tensors)
+        self.policy_version = payload.version
+        return nbytes

@@ -72,7 +72,8 @@ class BucketExporter:
             return [BucketPayload(spec, version, tensor=flat.clone())] * num_receivers
         torch.cuda.current_stream(flat.device).synchronize()
         return [
-            BucketPayload(spec, version, handle=reduce_tensor(flat), tensor=flat) for _ in range(num_receivers)
+            BucketPayload(spec, version, handle=reduce_tensor(flat), tensor=flat)
+            for _ in range(num_receivers)
         ]
 
 

@@ -49,9 +49,7 @@ def node_ip() -> str:
 
 def open_store(world_size: int, timeout: timedelta = DEFAULT_TIMEOUT) -> dist.TCPStore:
     """Rank 0's rendezvous store on a free port (``store.port``), listening before anyone joins."""
-    return dist.TCPStore(
-        "0.0.0.0", 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False
-    )
+    return dist.TCPStore("0.0.0.0", 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
 
 
 class WeightGroup:
