@@ -222,6 +222,17 @@ class RewardConfig:
 
 
 @dataclass
+class WeightsConfig:
+    transport: str = "object_store"
+    """How new weights reach the rollout workers: object_store (Ray's object store; works
+    everywhere) | collective (bucketed broadcast from learner rank 0: NCCL across GPUs, gloo on
+    CPU; needs cluster.mode=ray) | cuda_ipc (bucketed CUDA IPC handles for workers on the
+    learner's GPU)."""
+    bucket_mb: float = 512.0
+    """MiB per flat bucket (collective, cuda_ipc); a larger tensor gets a bucket of its own."""
+
+
+@dataclass
 class ClusterConfig:
     mode: str = "ray"
     """ray: every worker is a Ray actor. local: the same classes in this process (for pdb)."""
@@ -276,6 +287,7 @@ class RLFTConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -335,6 +347,7 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.algorithm.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1"),
         (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
         (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
+        (cfg.weights.bucket_mb > 0, "weights.bucket_mb must be > 0"),
         (
             bool(cfg.reward.functions or cfg.reward.model.path) or not online,
             "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",
@@ -357,6 +370,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     from rlft.cluster import MODES
     from rlft.modeling import DTYPES
     from rlft.rollout.worker import ENGINES
+    from rlft.weights import TRANSPORTS
 
     algo = cfg.algorithm
     if algo.kind == "online":
@@ -370,6 +384,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     for key, value, options in [
         ("rollout.engine", cfg.rollout.engine, ENGINES),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
+        ("weights.transport", cfg.weights.transport, TRANSPORTS),
         ("cluster.mode", cfg.cluster.mode, MODES),
         ("tracking.wandb.mode", cfg.tracking.wandb.mode, wandb_modes),
     ]:

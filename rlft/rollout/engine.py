@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +38,10 @@ class Engine(Protocol):
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Replace the model's parameters in place (no reload)."""
+        ...
+
+    def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy these (name, tensor) pairs into the model's parameters in place; returns bytes."""
         ...
 
     def get_weights(self) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from rlft.rollout.engine import Completion
 from rlft.rollout.worker import RolloutWorker
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
-from rlft.weights import ObjectStoreTransport
+from rlft.weights import make_transport
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 """Reward-function paths like ``rewards/synthetic.py:fn`` also resolve against the rlft checkout."""
@@ -44,7 +44,7 @@ def train(cfg: RLFTConfig) -> Path:
     with Cluster(cfg.cluster) as cluster:
         learner, workers = start_workers(cluster, cfg)
         run = _Run(cfg, cluster, workers, sampler, rewards, tokenizer, _start_reward_model(cluster, cfg))
-        transport = ObjectStoreTransport()
+        transport = make_transport(cfg.weights.transport, cfg.weights.bucket_mb, local=cluster.local)
         start_step = checkpoint.resume(run_dir, resume_from, cluster, learner, sampler)
         transport.sync(cluster, learner, workers)
 

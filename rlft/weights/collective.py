@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rlft.weights.buckets import BucketPacker, StagingBuffer, unpack
-from rlft.weights.group import WeightGroup, WeightGroupSpec, node_ip, open_store
+from rlft.weights.group import WeightGroup, WeightGroupSpec, gpu_uuid, node_ip, open_store
 from rlft.weights.transport import LoadFn, MiB, sync_metrics
 
 
@@ -28,7 +28,9 @@ class CollectiveSender:
         self.packer = BucketPacker(model, bucket_bytes)
         self._store = open_store(world_size)
         backend = "nccl" if self.packer.device.type == "cuda" else "gloo"
-        self.spec = WeightGroupSpec(node_ip(), self._store.port, world_size, backend, self.packer.plan)
+        self.spec = WeightGroupSpec(
+            node_ip(), self._store.port, world_size, backend, self.packer.plan, gpu_uuid(self.packer.device)
+        )
         self.group: WeightGroup | None = None
 
     def join(self) -> None:

@@ -33,6 +33,15 @@ class WeightGroupSpec:
     backend: str
     """``nccl`` or ``gloo``."""
     plan: list[BucketSpec] = field(default_factory=list)
+    learner_gpu: str | None = None
+    """UUID of rank 0's GPU: NCCL cannot join two ranks on one GPU, so a worker there refuses."""
+
+
+def gpu_uuid(device: torch.device) -> str | None:
+    """The GPU's UUID (the same in every process, whatever CUDA_VISIBLE_DEVICES), or None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return str(torch.cuda.get_device_properties(device).uuid)
 
 
 def node_ip() -> str:
@@ -67,6 +76,13 @@ class WeightGroup:
         opened with :func:`open_store`; the others connect to ``spec.host:spec.port``."""
         if spec.backend == "nccl" and device.type != "cuda":
             raise ValueError(f"weight sync over NCCL needs a GPU, but rank {rank} is on {device}")
+        if spec.backend == "nccl" and rank > 0 and gpu_uuid(device) == spec.learner_gpu:
+            raise ValueError(
+                f"rank {rank} is on the learner's GPU, and NCCL cannot connect two ranks on one GPU: "
+                "use weights.transport=cuda_ipc for rollout workers colocated with the learner"
+            )
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self._store = store or dist.TCPStore(
             spec.host, spec.port, spec.world_size, is_master=False, timeout=timeout

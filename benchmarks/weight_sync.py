@@ -1,0 +1,263 @@
+"""Time one weight sync, learner actor -> rollout actor, for each transport and bucket size.
+
+The learner and rollout worker are rlft's own ``Learner`` and ``RolloutWorker`` (hf engine) as
+Ray actors, each holding a model with random weights: by default a Qwen2-0.5B-shaped model in
+bf16 (hidden 896, 24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936, tied
+embeddings: 494M parameters, 0.99 GB), or ``--model tiny`` (the offline test model, for a dry
+run on the CPU). The tokenizer is the tiny model's (weight sync never uses it).
+
+For each (transport, bucket size): one first sync (connects the group / plans the buckets,
+reported apart), ``--warmup`` untimed syncs, ``--repeats`` timed ones (``timing/weight_sync_s``,
+the driver's wall time from the start of ``sync`` until every worker has the weights in place),
+then a check: the learner's weights are perturbed and its version bumped, one more sync, and the
+worker's per-tensor sums and policy version must equal the learner's exactly.
+
+  one GPU, colocated (CUDA IPC):  python benchmarks/weight_sync.py --gpus-per-actor 0.5 \\
+      --transports object_store,cuda_ipc --bucket-mb 256,1024 --out $OUT
+  two GPUs (NCCL):                python benchmarks/weight_sync.py --gpus-per-actor 1 \\
+      --transports object_store,collective --bucket-mb 256,1024 --out $OUT
+  CPU dry run (gloo):             python benchmarks/weight_sync.py --model tiny --gpus-per-actor 0
+
+Prints a table last; writes one JSON object per case to ``<out>/weight_sync.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlft.cluster import Cluster
+from rlft.config import (
+    AlgorithmConfig,
+    ClusterConfig,
+    LearnerConfig,
+    ModelConfig,
+    RolloutConfig,
+    SamplingConfig,
+)
+from rlft.learner.learner import Learner
+from rlft.rollout.worker import RolloutWorker
+from rlft.tiny_model import build_tiny_model
+from rlft.weights import make_transport
+
+QWEN2_05B = {
+    "hidden_size": 896,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "intermediate_size": 4864,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": True,
+}
+"""Qwen2.5-0.5B's shape (its config.json), random weights."""
+
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+"""NVLink multicast stays off on the shared benchmark machines (device docs)."""
+
+
+def build_models(kind: str, root: Path) -> ModelConfig:
+    """The model directory (random weights) and tokenizer the actors load."""
+    tiny = build_tiny_model(root / "tiny")
+    if kind == "tiny":
+        return ModelConfig(path=str(tiny), dtype="float32")
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    path = root / "qwen2-0.5b-random"
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN2_05B), dtype=torch.bfloat16)
+        model.save_pretrained(path)
+        del model
+    return ModelConfig(path=str(path), tokenizer_path=str(tiny), dtype="bfloat16")
+
+
+class BenchLearner(Learner):
+    """The learner, plus what the benchmark needs to check a sync without moving the weights."""
+
+    @torch.no_grad()
+    def perturb(self) -> int:
+        """Change every parameter a little and advance the version, as a training step would."""
+        for p in self.model.parameters():
+            p.add_(torch.randn_like(p), alpha=1e-2)
+        self.policy_version += 1
+        return self.policy_version
+
+    def fingerprint(self) -> tuple[int, dict[str, float]]:
+        return self.policy_version, _sums(self.model)
+
+    def describe(self) -> dict[str, Any]:
+        params = {p.data_ptr(): p for p in self.model.parameters()}.values()
+        return {
+            "parameters": sum(p.numel() for p in params),
+            "bytes": sum(p.numel() * p.element_size() for p in params),
+            "device": str(self.device),
+            "gpu": torch.cuda.get_device_name() if self.device.type == "cuda" else None,
+            "torch": torch.__version__,
+        }
+
+
+class BenchWorker(RolloutWorker):
+    def fingerprint(self) -> tuple[int, dict[str, float]]:
+        return self.policy_version, _sums(self.engine.model)
+
+
+def _sums(model: torch.nn.Module) -> dict[str, float]:
+    """Per-tensor float64 sums: equal on both sides iff the sync copied the same values."""
+    return {name: t.double().sum().item() for name, t in model.state_dict().items()}
+
+
+@dataclass
+class Result:
+    transport: str
+    bucket_mb: float
+    gb: float
+    first_s: float
+    median_ms: float
+    min_ms: float
+    p90_ms: float
+    max_ms: float
+    gb_per_s: float
+    verified: bool
+    times_ms: list[float]
+
+
+def run_case(
+    cluster: Cluster, learner: Any, worker: Any, name: str, bucket_mb: float, warmup: int, repeats: int
+) -> Result:
+    transport = make_transport(name, bucket_mb, local=cluster.local)
+    first = transport.sync(cluster, learner, [worker])
+    for _ in range(warmup):
+        transport.sync(cluster, learner, [worker])
+    runs = [transport.sync(cluster, learner, [worker]) for _ in range(repeats)]
+    times = sorted(r["timing/weight_sync_s"] * 1e3 for r in runs)
+    nbytes = runs[-1]["weight_sync/bytes"]
+
+    cluster.get(learner.perturb.remote())
+    transport.sync(cluster, learner, [worker])
+    (want_version, want), (got_version, got) = cluster.get(
+        [learner.fingerprint.remote(), worker.fingerprint.remote()]
+    )
+    verified = want_version == got_version and want.keys() == got.keys() and want == got
+
+    median = statistics.median(times)
+    return Result(
+        transport=name,
+        bucket_mb=bucket_mb if name != "object_store" else 0,
+        gb=nbytes / 1e9,
+        first_s=first["timing/weight_sync_s"],
+        median_ms=median,
+        min_ms=times[0],
+        p90_ms=times[min(len(times) - 1, int(0.9 * len(times)))],
+        max_ms=times[-1],
+        gb_per_s=nbytes / 1e9 / (median / 1e3),
+        verified=verified,
+        times_ms=[round(t, 3) for t in times],
+    )
+
+
+def table(results: list[Result]) -> str:
+    head = "transport     bucket_MB   GB    first_s  median_ms  min_ms   p90_ms   max_ms    GB/s  same"
+    rows = [
+        f"{r.transport:<13} {r.bucket_mb:>9g} {r.gb:5.3f} {r.first_s:8.3f} {r.median_ms:10.2f} "
+        f"{r.min_ms:7.2f} {r.p90_ms:8.2f} {r.max_ms:8.2f} {r.gb_per_s:7.1f}  {r.verified}"
+        for r in results
+    ]
+    return "\n".join([head, *rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=["qwen2-0.5b", "tiny"], default="qwen2-0.5b")
+    parser.add_argument("--transports", default="object_store,cuda_ipc,collective")
+    parser.add_argument("--bucket-mb", default="256,1024", help="comma-separated sizes (bucketed transports)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.5, help="0.5: both on one GPU; 1: one each")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--object-store-repeats", type=int, default=5, help="the slow baseline: fewer")
+    parser.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, value in NO_MULTICAST.items():
+        os.environ.setdefault(key, value)
+    model_cfg = build_models(args.model, Path(tempfile.gettempdir()) / "rlft-bench")
+
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        num_gpus=torch.cuda.device_count(),
+        include_dashboard=False,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", **NO_MULTICAST}},
+    )
+    results: list[Result] = []
+    failures: list[str] = []
+    with Cluster(ClusterConfig(mode="ray")) as cluster:
+        gpus = args.gpus_per_actor
+        learner = cluster.spawn(
+            BenchLearner,
+            model_cfg,
+            LearnerConfig(),
+            AlgorithmConfig(beta=0.0),
+            SamplingConfig(),
+            0,
+            1,
+            num_cpus=1,
+            num_gpus=gpus,
+        )
+        worker = cluster.spawn(BenchWorker, model_cfg, RolloutConfig(), 1, num_cpus=1, num_gpus=gpus)
+        info = ray.get(learner.describe.remote(), timeout=300)  # fails instead of waiting for GPUs
+        print(f"model: {info}", flush=True)
+        for name in args.transports.split(","):
+            sizes = [0.0] if name == "object_store" else [float(s) for s in args.bucket_mb.split(",")]
+            repeats = args.object_store_repeats if name == "object_store" else args.repeats
+            warmup = min(args.warmup, 1) if name == "object_store" else args.warmup
+            for size in sizes:
+                try:
+                    result = run_case(cluster, learner, worker, name, size, warmup, repeats)
+                except Exception:  # record the failure, go on with the other cases
+                    print(f"FAILED: {name} bucket_mb={size}\n{traceback.format_exc()}", flush=True)
+                    failures.append(f"{name} bucket_mb={size}")
+                    continue
+                print(table([result]).splitlines()[1], flush=True)
+                results.append(result)
+                with open(out / "weight_sync.jsonl", "a") as f:
+                    record = {
+                        **asdict(result),
+                        **info,
+                        "model": args.model,
+                        "gpus_per_actor": gpus,
+                        "host": platform.node(),
+                        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    }
+                    f.write(json.dumps(record) + "\n")
+    ray.shutdown()
+    print(
+        f"\nweight sync, {args.model} ({info['bytes'] / 1e9:.3f} GB, {info['gpu'] or 'CPU'}), "
+        f"gpus/actor={args.gpus_per_actor}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(table(results))
+    if failures:
+        print("failed: " + ", ".join(failures))
+
+
+if __name__ == "__main__":
+    main()
