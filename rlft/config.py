@@ -160,6 +160,9 @@ class LearnerConfig:
     """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW betas."""
+    max_skipped_updates: int = 10
+    """Updates with a NaN/inf loss or gradient are skipped (metric ``skipped_updates``); more than
+    this many stop the run with an error."""
     critic_lr: float = 1e-5
     """AdamW learning rate of the PPO critic."""
     max_grad_norm: float = 1.0

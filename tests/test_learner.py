@@ -87,3 +87,22 @@ def test_collate_aligns_completion_tokens() -> None:
     assert batch.sampler_logprobs[0, 2:].tolist() == pytest.approx([-0.1, -0.2, -0.3])
     assert batch.rewards[0] == 1.0 and batch.rewards[1].isnan() and batch.group_ids.tolist() == [0, 1]
     assert len(batch.select(slice(1, 2))) == 1 and batch.select(slice(1, 2)).input_ids.shape == (1, 2)
+
+
+def test_nonfinite_loss_skips_the_update_and_too_many_stop_the_run(
+    tiny_model_dir: Path, samples: list[Sample]
+) -> None:
+    learner = _learner(tiny_model_dir, max_skipped_updates=1)
+    before = {k: v.clone() for k, v in learner.get_weights().tensors.items()}
+    loss_fn = learner.policy_loss
+
+    def nan_loss(*args, **kwargs):
+        per_token, info = loss_fn(*args, **kwargs)
+        return per_token * float("nan"), info
+
+    learner.policy_loss = nan_loss
+    assert learner.train_step(samples)["skipped_updates"] == 1
+    after = learner.get_weights().tensors
+    assert all(torch.equal(before[k], after[k]) for k in before), "a NaN update must not touch the weights"
+    with pytest.raises(RuntimeError, match=r"learner\.max_skipped_updates=1"):
+        learner.train_step(samples)

@@ -8,6 +8,8 @@ from the pure functions in ``rlft.algorithms``, picked by name from the config.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -38,6 +40,8 @@ from rlft.modeling import (
     token_values,
 )
 from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
+
+log = logging.getLogger("rlft.learner")
 
 
 class Learner:
@@ -75,6 +79,7 @@ class Learner:
         self.token_mean = get_loss_agg("token_mean")
         self.kl_coef = algorithm_cfg.beta
         self.policy_version = 0
+        self.skipped_updates = 0
 
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the initial policy is loaded (for the KL term)."""
@@ -106,6 +111,7 @@ class Learner:
         if self.ref_model is not None:
             metrics["kl_coef"] = self.kl_coef
         # How many policy updates old the oldest sample is (0 when rollout waits for every update).
+        metrics["skipped_updates"] = float(self.skipped_updates)
         metrics["staleness"] = float(max(self.policy_version - s.policy_version for s in samples))
         self.policy_version += 1
         metrics["policy_version"] = float(self.policy_version)
@@ -204,9 +210,22 @@ class Learner:
         return stats
 
     def _clip_and_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+        """Clip the gradient and step; a NaN/inf gradient (or loss) skips the update instead, and
+        too many skipped updates stop the run."""
         params = [p for p in model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm or float("inf")).item()
-        optimizer.step()
+        if math.isfinite(norm):
+            optimizer.step()
+            return norm
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_updates += 1
+        log.warning("non-finite gradient: update skipped (%d so far)", self.skipped_updates)
+        if self.skipped_updates > self.cfg.max_skipped_updates:
+            raise RuntimeError(
+                f"{self.skipped_updates} updates had a NaN/inf loss or gradient, more than "
+                f"learner.max_skipped_updates={self.cfg.max_skipped_updates}: stopping. Lower "
+                "learner.lr or check the rewards; the last checkpoint is intact."
+            )
         return norm
 
     def _logprobs_of(self, model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
