@@ -14,6 +14,21 @@ from hydra.core.config_store import ConfigStore
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r; 0 = full fine-tuning. With LoRA only the adapters are trained, checkpointed and
+    sent to the rollout workers, and the reference model is the base with adapters disabled."""
+    alpha: float = 32.0
+    """LoRA scaling alpha (the update is scaled by alpha / rank)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names of the linear layers that get adapters."""
+
+
+@dataclass
 class ModelConfig:
     path: str = "tiny"
     """Hugging Face hub id or local directory of a causal LM. ``tiny`` builds the offline test
@@ -26,6 +41,7 @@ class ModelConfig:
     """Parameter dtype: float32 | bfloat16 | float16."""
     trust_remote_code: bool = False
     """Passed to ``from_pretrained``; only enable for models whose code you trust."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
     max_prompt_tokens: int = 128
     """Longest prompt (after the chat template). Longer prompts fail at start with an error."""
 
@@ -351,6 +367,10 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
         (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
         (cfg.weights.bucket_mb > 0, "weights.bucket_mb must be > 0"),
+        (
+            cfg.model.lora.rank == 0 or online,
+            "model.lora: LoRA is supported for online RL only so far (not for preference training)",
+        ),
         (
             bool(cfg.reward.functions or cfg.reward.model.path) or not online,
             "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",

@@ -10,17 +10,20 @@ from omegaconf import OmegaConf
 
 from rlft.config import ModelConfig
 from rlft.modeling import load_tokenizer
+from rlft.tiny_model import resolve_model_path
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """Write the policy of checkpoint ``ckpt`` and its tokenizer to ``out`` (created atomically),
+    """Write the policy of checkpoint ``ckpt`` (LoRA adapters merged) and its tokenizer to ``out``
+    (created atomically),
     loadable with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained(out)``."""
     from transformers import AutoModelForCausalLM
 
     ckpt, out = Path(ckpt), Path(out)
     policy = ckpt / "policy"
     config_path = ckpt.parent.parent / "config.yaml"  # <run>/checkpoints/step_N -> <run>/config.yaml
-    if not (policy / "config.json").is_file():
+    lora = (policy / "adapter_config.json").is_file()
+    if not (lora or (policy / "config.json").is_file()):
         raise FileNotFoundError(f"{ckpt} is not an rlft checkpoint: it has no policy/config.json")
     if not config_path.is_file():
         raise FileNotFoundError(
@@ -30,7 +33,13 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
         raise FileExistsError(f"{out} exists; export into a new directory")
     model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(config_path).model)
     tokenizer = load_tokenizer(OmegaConf.to_object(model_cfg))
-    model = AutoModelForCausalLM.from_pretrained(policy)
+    if lora:  # the base model with the trained adapters merged into its weights
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_cfg.path))
+        model = PeftModel.from_pretrained(base, policy).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(policy)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

@@ -48,6 +48,23 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """``model`` with peft LoRA adapters (``model.lora``), or unchanged when ``model.lora.rank`` is 0.
+    Adapters start as a no-op (B = 0), so learner and rollout engine begin from the same function."""
+    if cfg.lora.rank <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
 def load_value_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A critic: the causal LM's backbone at ``model.critic_path`` (default ``model.path``) with a
     fresh scalar head per token (``AutoModelForTokenClassification``, one label)."""

@@ -32,6 +32,7 @@ from rlft.algorithms import (
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Batch, Sample, collate
 from rlft.modeling import (
+    apply_lora,
     default_device,
     load_model,
     load_tokenizer,
@@ -63,9 +64,11 @@ class Learner:
         self.device = default_device()
         self.pad_token_id = load_tokenizer(model_cfg).pad_token_id
         # eval(): no dropout, so the update scores tokens exactly as the sampler did (gradients still flow).
-        self.model = load_model(model_cfg, self.device).eval()
+        self.model = apply_lora(load_model(model_cfg, self.device), model_cfg).eval()
+        self.lora = model_cfg.lora.rank > 0
+        # With LoRA the reference is the base model with the adapters disabled: no second copy.
         self.ref_model = None
-        if self.needs_reference():
+        if self.needs_reference() and not self.lora:
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
         self.optimizer = self._adamw(self.model, learner_cfg.lr)
         self.critic = self.critic_optimizer = None
@@ -87,7 +90,8 @@ class Learner:
 
     def _adamw(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
         c = self.cfg
-        return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]  # only the adapters with LoRA
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
 
     # --- the update -----------------------------------------------------------------------------
 
@@ -104,11 +108,11 @@ class Learner:
         steps = self.algo.epochs_per_step * -(-len(batch) // mini_size)
         metrics = {k: v / steps for k, v in totals.items()}
         metrics["advantage/mean"] = self.token_mean(batch.advantages, batch.completion_mask).item()
-        if self.ref_model is not None and self.algo.kl.adaptive:
+        if self.needs_reference() and self.algo.kl.adaptive:
             self.kl_coef = adaptive_kl_coef(
                 self.kl_coef, metrics["kl/seq"], self.algo.kl.target, self.algo.kl.horizon, len(batch)
             )
-        if self.ref_model is not None:
+        if self.needs_reference():
             metrics["kl_coef"] = self.kl_coef
         # How many policy updates old the oldest sample is (0 when rollout waits for every update).
         metrics["skipped_updates"] = float(self.skipped_updates)
@@ -126,11 +130,7 @@ class Learner:
         # uses its own detached log-probs as "old" and skips this forward pass.
         needs_old = not single_update or self.algo.kl.in_reward
         old = self._no_grad_forward(self._logprobs_of(self.model), batch) if needs_old else None
-        ref = (
-            None
-            if self.ref_model is None
-            else self._no_grad_forward(self._logprobs_of(self.ref_model), batch)
-        )
+        ref = self._reference_logprobs(batch) if self.needs_reference() else None
         values = None if self.critic is None else self._no_grad_forward(self._values, batch)
         token_rewards = None
         if self.algo.kl.in_reward and ref is not None:
@@ -145,6 +145,13 @@ class Learner:
             ref_logprobs=ref,
             old_values=values,
         )
+
+    def _reference_logprobs(self, batch: Batch) -> torch.Tensor:
+        """[N, L] log-probs under the frozen reference: its own copy, or the base with LoRA off."""
+        if self.ref_model is not None:
+            return self._no_grad_forward(self._logprobs_of(self.ref_model), batch)
+        with self.model.disable_adapter():
+            return self._no_grad_forward(self._logprobs_of(self.model), batch)
 
     def _optimizer_step(self, batch: Batch) -> dict[str, float]:
         """Gradient accumulation over micro-batches, normalised over the whole mini-batch."""
@@ -262,7 +269,10 @@ class Learner:
 
         On a CPU learner the tensors are the live parameters, not copies: receivers copy them in.
         """
-        tensors = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if self.lora:  # only the adapters change: send only them
+            tensors = {k: v.detach().cpu() for k, v in self.model.named_parameters() if v.requires_grad}
+        else:
+            tensors = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return WeightUpdate(tensors, self.policy_version)
 
     def save_checkpoint(self, path: str) -> None:
@@ -324,9 +334,18 @@ class Learner:
 
 
 def _load_weights(model: torch.nn.Module, directory: Path) -> None:
-    """Load ``save_pretrained`` weights in place; only tied copies may be missing from the file."""
+    """Load ``save_pretrained`` weights in place; only tied copies may be missing from the file.
+    A LoRA policy's directory holds only its adapters."""
     from safetensors.torch import load_file
 
+    adapters = directory / "adapter_model.safetensors"
+    if adapters.is_file():
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(adapters))
+        if result.unexpected_keys:
+            raise RuntimeError(f"adapters in {directory} do not match the model: {result.unexpected_keys}")
+        return
     weights = load_file(directory / "model.safetensors")
     result = model.load_state_dict(weights, strict=False)
     own = model.state_dict()

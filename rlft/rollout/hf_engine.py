@@ -9,7 +9,7 @@ import torch
 from transformers import GenerationConfig
 
 from rlft.config import ModelConfig, SamplingConfig
-from rlft.modeling import default_device, load_model, load_tokenizer
+from rlft.modeling import apply_lora, default_device, load_model, load_tokenizer
 from rlft.rollout.engine import Completion
 from rlft.weights.buckets import copy_into
 
@@ -20,7 +20,8 @@ class HFEngine:
     def __init__(self, model_cfg: ModelConfig, max_prompts_per_generate: int = 64):
         self.device = default_device()
         self.tokenizer = load_tokenizer(model_cfg)
-        self.model = load_model(model_cfg, self.device).eval()
+        # With LoRA the engine carries the same (unmerged) adapters and receives only their weights.
+        self.model = apply_lora(load_model(model_cfg, self.device), model_cfg).eval()
         self.max_prompts_per_generate = max_prompts_per_generate
 
     @torch.no_grad()
@@ -79,7 +80,7 @@ class HFEngine:
         return Completion(token_ids=tokens, logprobs=logprobs, text=text, finish_reason=reason)
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(weights, strict=True)
+        self.load_named_tensors(weights.items())
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
