@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,22 +32,13 @@ CONTRACT_METRICS = {
 }
 
 
-def _quick(tiny_model_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "recipe=quickstart",
-        f"model.path={tiny_model_dir}",
-        f"trainer.output_dir={out}",
-        "tracking.wandb.enabled=false",
-        *extra,
-    ]
-
-
-def test_quickstart_on_ray_learns(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_quickstart_on_ray_learns(
+    tiny_model_dir: Path, quickstart_args: Callable[..., list[str]], tmp_path: Path
+) -> None:
     """The real CLI in a subprocess, real Ray actors: reward rises by a clear margin."""
     steps = 150
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlft", *_quick(tiny_model_dir, out, f"trainer.max_steps={steps}")]
+    cmd = [sys.executable, "-m", "rlft", *quickstart_args(out, f"trainer.max_steps={steps}")]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -72,15 +64,13 @@ def test_quickstart_on_ray_learns(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_reward_function_that_raises_does_not_kill_the_run(
-    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    quickstart_args: Callable[..., list[str]], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = tmp_path / "bad_reward.py"
     bad.write_text("def boom(prompts, completions, **columns):\n    raise RuntimeError('reward bug')\n")
     out = tmp_path / "run"
     fns = f"reward.functions=[rewards/synthetic.py:repeat_char,{bad}:boom]"
-    args = _quick(
-        tiny_model_dir, out, fns, "reward.weights=[1.0,1.0]", "cluster.mode=local", "trainer.max_steps=2"
-    )
+    args = quickstart_args(out, fns, "reward.weights=[1.0,1.0]", "cluster.mode=local", "trainer.max_steps=2")
     assert main(args) == 0
     metrics = read_metrics(out / "metrics.jsonl")
     assert len(metrics) == 2
@@ -95,10 +85,10 @@ def test_reward_function_that_raises_does_not_kill_the_run(
     assert len(tracebacks) == 1  # logged once, not every step
 
 
-def test_missing_reward_file_fails_at_start(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    args = _quick(
-        tiny_model_dir, tmp_path / "run", "reward.functions=[no/such/file.py:fn]", "cluster.mode=local"
-    )
+def test_missing_reward_file_fails_at_start(
+    quickstart_args: Callable[..., list[str]], tmp_path: Path, capsys
+) -> None:
+    args = quickstart_args(tmp_path / "run", "reward.functions=[no/such/file.py:fn]", "cluster.mode=local")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "no/such/file.py" in err
@@ -106,22 +96,24 @@ def test_missing_reward_file_fails_at_start(tiny_model_dir: Path, tmp_path: Path
 
 
 def test_dataset_without_the_reward_column_fails_at_start(
-    tiny_model_dir: Path, tmp_path: Path, capsys
+    quickstart_args: Callable[..., list[str]], tmp_path: Path, capsys
 ) -> None:
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Repeat this digit: {i}"}) + "\n" for i in range(4)))
-    args = _quick(tiny_model_dir, tmp_path / "run", f"data.path={data}", "cluster.mode=local")
+    args = quickstart_args(tmp_path / "run", f"data.path={data}", "cluster.mode=local")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "answer" in err and "repeat_char" in err
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_resume_after_interruption_matches_uninterrupted_run(
+    quickstart_args: Callable[..., list[str]], tmp_path: Path
+) -> None:
     """Steps 3-4 of a run stopped after step 2 and resumed equal those of a run never stopped."""
     common = ("cluster.mode=local", "trainer.checkpoint_every=2", "data.global_prompts_per_step=4")
-    assert main(_quick(tiny_model_dir, tmp_path / "full", "trainer.max_steps=4", *common)) == 0
-    assert main(_quick(tiny_model_dir, tmp_path / "cut", "trainer.max_steps=2", *common)) == 0
-    assert main(_quick(tiny_model_dir, tmp_path / "cut", "trainer.max_steps=4", *common)) == 0
+    assert main(quickstart_args(tmp_path / "full", "trainer.max_steps=4", *common)) == 0
+    assert main(quickstart_args(tmp_path / "cut", "trainer.max_steps=2", *common)) == 0
+    assert main(quickstart_args(tmp_path / "cut", "trainer.max_steps=4", *common)) == 0
     full = read_metrics(tmp_path / "full" / "metrics.jsonl")
     resumed = read_metrics(tmp_path / "cut" / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [1, 2, 3, 4]
@@ -135,23 +127,23 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model_dir: Pat
 
 
 def test_resume_never_refuses_a_run_directory_with_checkpoints(
-    tiny_model_dir: Path, tmp_path: Path, capsys
+    quickstart_args: Callable[..., list[str]], tmp_path: Path, capsys
 ) -> None:
     common = ("cluster.mode=local", "data.global_prompts_per_step=2", "trainer.max_steps=1")
-    assert main(_quick(tiny_model_dir, tmp_path / "run", *common)) == 0
+    assert main(quickstart_args(tmp_path / "run", *common)) == 0
     config = (tmp_path / "run" / "config.yaml").read_text()
-    assert (
-        main(_quick(tiny_model_dir, tmp_path / "run", *common, "trainer.resume=never", "trainer.seed=5")) == 2
-    )
+    assert main(quickstart_args(tmp_path / "run", *common, "trainer.resume=never", "trainer.seed=5")) == 2
     assert "trainer.resume=never" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.yaml").read_text() == config  # the earlier run's config is kept
 
 
-def test_export_writes_a_plain_hugging_face_model(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_export_writes_a_plain_hugging_face_model(
+    tiny_model_dir: Path, quickstart_args: Callable[..., list[str]], tmp_path: Path, capsys
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     common = ("cluster.mode=local", "data.global_prompts_per_step=2", "trainer.max_steps=1")
-    assert main(_quick(tiny_model_dir, tmp_path / "run", *common)) == 0
+    assert main(quickstart_args(tmp_path / "run", *common)) == 0
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
     assert main(["export", str(ckpt), "--to", str(tmp_path / "hf")]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
@@ -168,11 +160,13 @@ def test_export_writes_a_plain_hugging_face_model(tiny_model_dir: Path, tmp_path
     assert "exists" in capsys.readouterr().err
 
 
-def test_collective_weight_transport_in_the_loop(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_collective_weight_transport_in_the_loop(
+    quickstart_args: Callable[..., list[str]], tmp_path: Path
+) -> None:
     """The bucketed gloo broadcast keeps the engine on the learner's weights step after step."""
     out = tmp_path / "run"
     overrides = ("weights.transport=collective", "weights.bucket_mb=0.1", "trainer.max_steps=3")
-    cmd = [sys.executable, "-m", "rlft", *_quick(tiny_model_dir, out, *overrides, "cluster.num_cpus=2")]
+    cmd = [sys.executable, "-m", "rlft", *quickstart_args(out, *overrides, "cluster.num_cpus=2")]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = read_metrics(out / "metrics.jsonl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -13,24 +14,22 @@ from rlft.tracking import read_metrics
 TARGETS = "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]"
 
 
-def test_lora_run_learns_syncs_only_adapters_and_exports_merged(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_lora_run_learns_syncs_only_adapters_and_exports_merged(
+    tiny_model_dir: Path, quickstart_args: Callable[..., list[str]], tmp_path: Path
+) -> None:
     """Measured: reward 0.073 (first 5 steps) -> ~0.2 (last 20), 108 kB synced per step instead of
     the full 625 kB. The tiny model's logits are tied to 0.02-scale embeddings, so the adapters
     include lm_head (targets attention/MLP alone barely move it)."""
     out = tmp_path / "run"
-    args = [
-        "train",
-        "recipe=quickstart",
-        f"model.path={tiny_model_dir}",
-        f"trainer.output_dir={out}",
-        "tracking.wandb.enabled=false",
+    args = quickstart_args(
+        out,
         "cluster.mode=local",
         "data.path=builtin:repeat_letter",
         "model.lora.rank=8",
         TARGETS,
         "learner.lr=1e-2",
         "trainer.max_steps=80",
-    ]
+    )
     assert main(args) == 0
     metrics = read_metrics(out / "metrics.jsonl")
     first = sum(m["reward/mean"] for m in metrics[:5]) / 5

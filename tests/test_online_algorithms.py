@@ -7,6 +7,7 @@ need to move within a minute on a CPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,29 +16,24 @@ from rlft.cli import main
 from rlft.tracking import read_metrics
 
 
-def _run(tiny_model_dir: Path, out: Path, *overrides: str) -> list[dict]:
-    args = [
-        "train",
-        "recipe=quickstart",
-        f"model.path={tiny_model_dir}",
-        f"trainer.output_dir={out}",
-        "tracking.wandb.enabled=false",
-        "cluster.mode=local",
-        *overrides,
-    ]
-    assert main(args) == 0
-    return read_metrics(out / "metrics.jsonl")
+@pytest.fixture
+def run(quickstart_args: Callable[..., list[str]], tmp_path: Path) -> Callable[..., list[dict]]:
+    """Train in-process with these overrides; returns the metrics, one dict per step."""
+
+    def train(*overrides: str) -> list[dict]:
+        assert main(quickstart_args(tmp_path, "cluster.mode=local", *overrides)) == 0
+        return read_metrics(tmp_path / "metrics.jsonl")
+
+    return train
 
 
 def _first_last(metrics: list[dict], key: str = "reward/mean") -> tuple[float, float]:
     return sum(m[key] for m in metrics[:5]) / 5, sum(m[key] for m in metrics[-5:]) / 5
 
 
-def test_rloo_learns(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_rloo_learns(run: Callable[..., list[dict]]) -> None:
     """RLOO with its KL penalty in the sequence reward: measured 0.074 -> ~0.28 over 100 steps."""
-    metrics = _run(
-        tiny_model_dir,
-        tmp_path,
+    metrics = run(
         "algorithm=rloo",
         "algorithm.beta=0.002",
         "data.path=builtin:repeat_letter",
@@ -48,11 +44,9 @@ def test_rloo_learns(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert metrics[-1]["kl_coef"] == 0.002
 
 
-def test_ppo_with_critic_learns(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_ppo_with_critic_learns(tmp_path: Path, run: Callable[..., list[dict]]) -> None:
     """PPO: GAE over a learned critic, KL in the reward, 4 epochs: measured 0.075 -> ~0.5 in 60 steps."""
-    metrics = _run(
-        tiny_model_dir,
-        tmp_path,
+    metrics = run(
         "algorithm=ppo",
         "algorithm.beta=0.01",
         "learner.critic_lr=1e-3",
@@ -89,18 +83,14 @@ def test_ppo_with_critic_learns(tiny_model_dir: Path, tmp_path: Path) -> None:
     ],
     ids=lambda o: " ".join(o),
 )
-def test_preset_runs(tiny_model_dir: Path, tmp_path: Path, overrides: list[str]) -> None:
-    metrics = _run(
-        tiny_model_dir, tmp_path, *overrides, "trainer.max_steps=3", "data.global_prompts_per_step=4"
-    )
+def test_preset_runs(run: Callable[..., list[dict]], overrides: list[str]) -> None:
+    metrics = run(*overrides, "trainer.max_steps=3", "data.global_prompts_per_step=4")
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(m["loss/policy"] == m["loss/policy"] for m in metrics)  # not NaN
 
 
-def test_adaptive_kl_coefficient_moves(tiny_model_dir: Path, tmp_path: Path) -> None:
-    metrics = _run(
-        tiny_model_dir,
-        tmp_path,
+def test_adaptive_kl_coefficient_moves(run: Callable[..., list[dict]]) -> None:
+    metrics = run(
         "algorithm=rloo",
         "algorithm.kl.adaptive=true",
         "algorithm.kl.target=100",
@@ -113,10 +103,8 @@ def test_adaptive_kl_coefficient_moves(tiny_model_dir: Path, tmp_path: Path) -> 
     assert coefs[0] < 0.04 and coefs[2] < coefs[1] < coefs[0]
 
 
-def test_dapo_dynamic_sampling_and_overlong_shaping(tiny_model_dir: Path, tmp_path: Path) -> None:
-    metrics = _run(
-        tiny_model_dir,
-        tmp_path,
+def test_dapo_dynamic_sampling_and_overlong_shaping(run: Callable[..., list[dict]]) -> None:
+    metrics = run(
         "algorithm=dapo",
         "algorithm.group_size=4",
         "algorithm.overlong_buffer_len=4",
@@ -129,10 +117,8 @@ def test_dapo_dynamic_sampling_and_overlong_shaping(tiny_model_dir: Path, tmp_pa
         assert m["reward/overlong_penalty/mean"] == pytest.approx(-1.0)
 
 
-def test_reward_model_on_its_own_worker(tiny_model_dir: Path, tmp_path: Path) -> None:
-    metrics = _run(
-        tiny_model_dir,
-        tmp_path,
+def test_reward_model_on_its_own_worker(tiny_model_dir: Path, run: Callable[..., list[dict]]) -> None:
+    metrics = run(
         "reward.functions=[]",
         "reward.weights=[]",
         f"reward.model.path={tiny_model_dir}",
