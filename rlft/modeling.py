@@ -102,8 +102,11 @@ def token_logprobs(
     """
     logprobs = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     entropy = torch.zeros_like(logprobs)
-    for i in range(input_ids.shape[0]):
-        logp = torch.log_softmax(logits[i, :-1].float() / temperature, dim=-1)
+    # unbind, not logits[i]: indexing row by row would make the backward write one full-size
+    # zero gradient per row (quadratic in the micro-batch); unbind's backward stacks them once.
+    for i, row in enumerate(logits.unbind(0)):
+        row = row[:-1].float()
+        logp = torch.log_softmax(row if temperature == 1.0 else row / temperature, dim=-1)
         logprobs[i, 1:] = logp.gather(-1, input_ids[i, 1:, None]).squeeze(-1)
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy[i, 1:] = -(logp.exp() * logp).sum(-1)
