@@ -58,23 +58,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from models import QWEN2_05B, save_random_qwen2  # benchmarks/models.py (scripts run from here)
 
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Sample, collate
 from rlft.learner.learner import Learner
 from rlft.tiny_model import build_tiny_model
-
-QWEN2_05B = {
-    "hidden_size": 896,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "intermediate_size": 4864,
-    "vocab_size": 151936,
-    "max_position_embeddings": 32768,
-    "tie_word_embeddings": True,
-}
-"""Qwen2.5-0.5B's shape (its config.json), random weights."""
 
 TINY = {
     "hidden_size": 64,
@@ -91,19 +80,10 @@ TINY = {
 
 def build_model(kind: str, root: Path) -> tuple[ModelConfig, dict[str, Any]]:
     """The model directory (random weights, bf16 on the GPU) and the shape it was built from."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     tiny = build_tiny_model(root / "tiny")
     shape = QWEN2_05B if kind == "qwen2-0.5b" else TINY
-    cuda = torch.cuda.is_available()
-    dtype = "bfloat16" if cuda else "float32"
-    path = root / f"{kind}-random-{dtype}"
-    if not (path / "config.json").exists():
-        torch.manual_seed(0)
-        with torch.device("cuda" if cuda else "cpu"):
-            model = AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=getattr(torch, dtype))
-        model.save_pretrained(path)
-        del model
+    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    path = save_random_qwen2(shape, root / f"{kind}-random-{dtype}", dtype)
     return ModelConfig(path=str(path), tokenizer_path=str(tiny), dtype=dtype), shape
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from models import QWEN2_05B, save_random_qwen2  # benchmarks/models.py (scripts run from here)
 
 from rlft.cluster import Cluster
 from rlft.config import (
@@ -52,18 +53,6 @@ from rlft.rollout.worker import RolloutWorker
 from rlft.tiny_model import build_tiny_model
 from rlft.weights import make_transport
 
-QWEN2_05B = {
-    "hidden_size": 896,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "intermediate_size": 4864,
-    "vocab_size": 151936,
-    "max_position_embeddings": 32768,
-    "tie_word_embeddings": True,
-}
-"""Qwen2.5-0.5B's shape (its config.json), random weights."""
-
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 """NVLink multicast stays off on the shared benchmark machines (device docs)."""
 
@@ -73,16 +62,7 @@ def build_models(kind: str, root: Path) -> ModelConfig:
     tiny = build_tiny_model(root / "tiny")
     if kind == "tiny":
         return ModelConfig(path=str(tiny), dtype="float32")
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    path = root / "qwen2-0.5b-random"
-    if not (path / "config.json").exists():
-        torch.manual_seed(0)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN2_05B), dtype=torch.bfloat16)
-        model.save_pretrained(path)
-        del model
+    path = save_random_qwen2(QWEN2_05B, root / "qwen2-0.5b-random", "bfloat16")
     return ModelConfig(path=str(path), tokenizer_path=str(tiny), dtype="bfloat16")
 
 
