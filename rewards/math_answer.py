@@ -1,0 +1,44 @@
+r"""Math answer correctness, checked for mathematical equivalence by Hugging Face's ``math-verify``."""
+
+import threading
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+from rlft.rewards.parsing import last_boxed, last_hash_answer, last_tag
+
+_CONFIGS = (LatexExtractionConfig(), ExprExtractionConfig())
+
+
+def math_answer(prompt: str, completion: str, answer: str) -> float:
+    r"""1.0 if the completion's final answer is mathematically equal to ``answer``, else 0.0.
+
+    Columns: ``answer``, the ground truth (``\frac{1}{2}``, ``0.5``, ``x=3``, ``(1,2]``; it may also
+    be a full solution holding a ``\boxed{}`` or ``#### N``).
+
+    The model's answer is, in this order: its last ``\boxed{...}``, else its last
+    ``<answer>...</answer>``, else the text after its last ``####``. A completion with none of them
+    scores 0.0; so does one whose answer does not parse. Equivalence is ``math_verify.verify``
+    (symbolic and numeric comparison with sympy: ``\frac{1}{2}`` = ``0.5``, ``x=3`` = ``3``, sets,
+    intervals). math-verify's own timeout uses SIGALRM, which works only in a main thread; in other
+    threads it is off and the reward manager's ``reward.timeout_s`` bounds the call instead.
+    """
+    predicted = _final_answer(completion)
+    if not predicted:
+        return 0.0
+    expected = _final_answer(answer) or answer
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold = parse(_math_mode(expected), extraction_config=_CONFIGS, parsing_timeout=timeout)
+    if not gold:
+        raise ValueError(f"math_answer: cannot parse the ground truth {answer!r}; check the 'answer' column")
+    guess = parse(_math_mode(predicted), extraction_config=_CONFIGS, parsing_timeout=timeout)
+    return float(bool(guess) and verify(gold, guess, timeout_seconds=timeout))
+
+
+def _final_answer(text: str) -> str | None:
+    """The last boxed, <answer> or #### answer in ``text``."""
+    return last_boxed(text) or last_tag(text, "answer") or last_hash_answer(text)
+
+
+def _math_mode(answer: str) -> str:
+    """``answer`` between ``$`` signs unless it already has math delimiters, so LaTeX parses."""
+    return answer if "$" in answer or "\\(" in answer or "\\[" in answer else f"${answer}$"

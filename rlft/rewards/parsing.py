@@ -1,0 +1,66 @@
+"""Answer extraction shared by the reward library (``rewards/*.py``): plain string scans, linear time.
+
+Every helper returns the *last* occurrence: a model that writes several answers is judged on its
+final one. All return ``None`` when there is nothing to extract.
+"""
+
+import re
+from fractions import Fraction
+
+_HASH_ANSWER = re.compile(r"####[ \t]*([^\n]*)")
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last ``\boxed{...}`` (or ``\fbox{...}``), braces balanced; None if unclosed."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    open_brace = text.find("{", start)
+    if open_brace < 0 or text[start:open_brace].strip() not in ("\\boxed", "\\fbox"):
+        return None
+    depth = 0
+    for i in range(open_brace, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_brace + 1 : i].strip()
+    return None
+
+
+def last_tag(text: str, tag: str) -> str | None:
+    """Content of the last ``<tag>...</tag>`` pair, stripped."""
+    close = text.rfind(f"</{tag}>")
+    if close < 0:
+        return None
+    open_ = text.rfind(f"<{tag}>", 0, close)
+    if open_ < 0:
+        return None
+    return text[open_ + len(tag) + 2 : close].strip()
+
+
+def last_hash_answer(text: str) -> str | None:
+    """What follows the last ``####`` on its line (GSM8K's answer marker), stripped."""
+    position = text.rfind("####")
+    if position < 0:
+        return None
+    return _HASH_ANSWER.match(text, position).group(1).strip()
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` (``-1,234.5``, ``$72``, ``.5``), as written."""
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def to_number(text: str) -> Fraction | None:
+    """The first number in ``text`` as an exact Fraction, ignoring ``$`` and thousands commas.
+
+    ``"$1,234.50"`` -> 2469/2, ``"72.0 apples"`` -> 72; None if ``text`` holds no number.
+    """
+    match = _NUMBER.search(text)
+    if match is None:
+        return None
+    return Fraction(match.group(0).replace("$", "").replace(",", ""))
