@@ -43,7 +43,8 @@ class ModelConfig:
     """Passed to ``from_pretrained``; only enable for models whose code you trust."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_prompt_tokens: int = 128
-    """Longest prompt (after the chat template). Longer prompts fail at start with an error."""
+    """Longest prompt (after the chat template). Longer prompts are left out when the data is read
+    (counted), or stop the run with ``data.on_too_long=error``."""
 
 
 @dataclass
@@ -148,11 +149,29 @@ class SamplingConfig:
 
 
 @dataclass
+class HFEngineConfig:
+    decode: str = "auto"
+    """How the hf engine samples: ``static`` (rlft's decode loop over a preallocated KV cache, each
+    step replayed as a CUDA graph on a GPU), ``generate`` (transformers ``generate``, any model), or
+    ``auto`` (static for llama/qwen2/qwen3-type models with full attention, else generate)."""
+    cuda_graph: bool = True
+    """Static decode on a GPU: capture each decode step once as a CUDA graph and replay it (false:
+    run it eagerly, e.g. to debug)."""
+
+
+HF_DECODES = ("auto", "static", "generate")
+
+
+@dataclass
 class RolloutConfig:
     engine: str = "hf"
     """Generation engine: hf (transformers generate)."""
     num_workers: int = 1
-    """R: number of RolloutWorker actors; prompts are split evenly across them."""
+    """R: number of RolloutWorker actors; prompts are handed out to them in chunks as each becomes free."""
+    prompts_per_chunk: int = 0
+    """Prompts per generate call handed to a free worker (results come back in prompt order, and
+    each chunk's seed depends only on its position, not on the worker). 0 = a quarter of each
+    worker's share (one chunk with one worker)."""
     num_cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each rollout worker (cluster.mode=ray)."""
     num_gpus_per_worker: float = 0.0
@@ -160,12 +179,16 @@ class RolloutConfig:
     per_worker_prompts_per_generate: int = 64
     """Largest number of prompts one worker sends to its engine at once."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    hf: HFEngineConfig = field(default_factory=HFEngineConfig)
+    """Options of the hf engine."""
 
 
 @dataclass
 class LearnerConfig:
     num_workers: int = 1
-    """L: number of Learner actors (only 1 is supported until data-parallel learners land)."""
+    """L: number of data-parallel learner actors (one torch.distributed group: gloo on the CPU,
+    NCCL on GPUs). Each holds the whole model and trains on its share of every batch, split by
+    token count; gradients are summed over them. L > 1 needs cluster.mode=ray."""
     num_cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each learner (cluster.mode=ray)."""
     num_gpus_per_worker: float = 0.0
@@ -194,10 +217,37 @@ class DataConfig:
     path: str = "builtin:repeat_digit"
     """Prompt source: ``builtin:<task>`` (generated on the fly, see rlft.data.tasks), a local
     jsonl/parquet/csv file, or a hub dataset name."""
+    subset: str | None = None
+    """Configuration (subset) of a hub dataset, e.g. ``main`` for ``openai/gsm8k``."""
     split: str = "train"
-    """Split to read from a hub dataset."""
+    """Training split of a hub dataset (slices such as ``train[:1000]`` work). A local file has a
+    single split, ``train``."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column renames applied when the data is read, ``{new name: dataset column}``, e.g.
+    ``{prompt: question, answer: final_answer}``. A renamed column replaces one of the same name."""
+    prompt_template: str | None = None
+    """Builds the prompt column from the row: ``{name}`` is replaced by column ``name`` (e.g.
+    ``"Solve: {prompt}"``, or ``"... {nums} ... {target}"``); ``{{``/``}}`` are literal braces and an
+    empty ``{}`` (as in ``\\boxed{}``) stays as it is. Applied before the chat template. None = off."""
     prompt_column: str = "prompt"
     """Column holding the prompt text; every other column reaches reward functions as a keyword."""
+    on_too_long: str = "filter"
+    """A prompt over ``model.max_prompt_tokens`` (after the templates): ``filter`` = left out when
+    the data is read, counted in the metric ``data/filtered_too_long`` and printed; ``error`` = stop."""
+    eval_split: str | None = None
+    """Held-out evaluation split of the hub dataset ``data.path`` (e.g. ``test``), or of
+    ``data.eval_path`` when that is a hub dataset (default ``test`` there)."""
+    eval_path: str | None = None
+    """A separate evaluation source: a local jsonl/parquet/csv file or a hub dataset name."""
+    eval_fraction: float = 0.0
+    """Hold out this fraction of the training split for evaluation (seeded by ``eval_seed``; the
+    training sampler never draws those rows), for data without an evaluation split. 0 = off."""
+    eval_size: int = 0
+    """At most this many evaluation rows (a seeded subset; 0 = all). For ``builtin:`` tasks: the
+    number of evaluation rows generated (required for evaluation there)."""
+    eval_seed: int = 0
+    """Seed of the held-out split, the evaluation subset and built-in evaluation rows; kept apart
+    from ``trainer.seed`` so that runs with different seeds are evaluated on the same rows."""
     chosen_column: str = "chosen"
     """Preference data: the preferred response (text or a list of chat messages)."""
     rejected_column: str = "rejected"
@@ -259,6 +309,11 @@ class ClusterConfig:
     """Ray cluster address; empty starts a local Ray instance."""
     num_cpus: int | None = None
     """CPUs for a locally started Ray instance; default = all of this machine's."""
+    colocate: bool = False
+    """Place learner rank i and rollout worker i in one placement-group bundle, sharing its devices
+    (each takes half of ``learner.num_gpus_per_worker``); rollout workers sleep (release memory)
+    while the learner trains and wake up for the weight sync. Needs rollout.num_workers ==
+    learner.num_workers and trainer.async=false."""
 
 
 @dataclass
@@ -296,6 +351,48 @@ class TrainerConfig:
     """auto (newest complete checkpoint in output_dir, if any) | never | <checkpoint dir>."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep; 0 = keep all."""
+    # `async` is a Python keyword, so its field is declared through the class namespace; the
+    # YAML/CLI key is `trainer.async` (DESIGN's contract) and code reads `cfg.trainer.asynchronous`.
+    # init/repr/compare off: dataclasses would write the keyword into generated code.
+    vars()["async"] = field(default=False, init=False, repr=False, compare=False)
+    __annotations__["async"] = "bool"
+    """trainer.async: overlap the generation of the next steps' rollouts with the learner's update
+    (one-step-off and deeper pipelining; samples are up to ``max_staleness`` policy versions old).
+    Needs cluster.colocate=false."""
+    max_staleness: int = 1
+    """With trainer.async: how many policy versions older than the learner a trained-on sample may
+    be; rollouts for step k are started no earlier than the weights of version
+    k - 1 - max_staleness are sent, so this is also how many steps generation runs ahead (>= 1)."""
+    max_restarts: int = 3
+    """If a Ray actor (rollout worker, learner, reward model) dies, kill the others, start them
+    afresh and continue from the newest checkpoint (or the start), at most this many times."""
+
+    @property
+    def asynchronous(self) -> bool:
+        """``trainer.async``."""
+        return getattr(self, "async")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0
+    """Evaluate every N training steps (and after the last) with the rollout workers' current
+    weights; 0 = no evaluation during training (``rlft eval <checkpoint>`` still works). The rows
+    are the held-out split the data config names (data.eval_split, data.eval_path,
+    data.eval_fraction or, for builtin tasks, data.eval_size generated rows)."""
+    k: int = 4
+    """Samples per evaluation prompt; metrics eval/mean@k and eval/pass@j for j = 1, 2, 4, ..., k."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling settings of evaluation, apart from training's rollout.sampling."""
+    reward_functions: list[str] = field(default_factory=list)
+    """Reward functions that score evaluation samples; empty = reward.functions."""
+    reward_weights: list[float] = field(default_factory=list)
+    """One weight per eval.reward_functions entry; empty = 1.0 each (or reward.weights when
+    eval.reward_functions is empty)."""
+    pass_threshold: float = 1.0
+    """A sample counts as correct (for pass@j) when its reward is at least this."""
+    seed: int = 0
+    """Seed of evaluation sampling: the same at every evaluation, so evaluations compare."""
 
 
 @dataclass
@@ -310,6 +407,7 @@ class RLFTConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:
@@ -351,8 +449,35 @@ def validate(cfg: RLFTConfig) -> None:
             "(it is the preference temperature)",
         ),
         (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
+        (
+            cfg.data.on_too_long in ("filter", "error"),
+            f"data.on_too_long={cfg.data.on_too_long!r} is not one of ('filter', 'error')",
+        ),
+        (0 <= cfg.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),
+        (
+            cfg.data.eval_fraction == 0 or (cfg.data.eval_split is None and cfg.data.eval_path is None),
+            "data.eval_fraction holds out part of the training split: leave data.eval_split and "
+            "data.eval_path unset with it (or set data.eval_fraction=0)",
+        ),
+        (cfg.data.eval_size >= 0, "data.eval_size must be >= 0 (0 = all rows)"),
+        (
+            not cfg.data.path.startswith("builtin:")
+            or cfg.data.eval_path is not None
+            or (cfg.data.eval_fraction == 0 and cfg.data.eval_split is None),
+            f"data.path={cfg.data.path!r} is generated: evaluate on data.eval_size generated rows "
+            "instead of data.eval_split / data.eval_fraction",
+        ),
+        (
+            len(set(cfg.data.columns.values())) == len(cfg.data.columns),
+            f"data.columns={dict(cfg.data.columns)} renames one dataset column twice; each once",
+        ),
         (cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1"),
-        (cfg.learner.num_workers == 1, "learner.num_workers: only 1 learner is supported so far"),
+        (cfg.learner.num_workers >= 1, "learner.num_workers must be >= 1"),
+        (
+            cfg.learner.num_workers == 1 or cfg.cluster.mode == "ray",
+            f"learner.num_workers={cfg.learner.num_workers} needs one process per learner: "
+            "use cluster.mode=ray (or learner.num_workers=1)",
+        ),
         (cfg.rollout.sampling.temperature > 0, "rollout.sampling.temperature must be > 0 for RL"),
         (cfg.rollout.sampling.max_new_tokens >= 1, "rollout.sampling.max_new_tokens must be >= 1"),
         (
@@ -380,6 +505,40 @@ def validate(cfg: RLFTConfig) -> None:
             f"reward.weights has {len(cfg.reward.weights)} entries for {len(cfg.reward.functions)} "
             "reward.functions; give one weight per function (or none for 1.0 each)",
         ),
+        (cfg.rollout.prompts_per_chunk >= 0, "rollout.prompts_per_chunk must be >= 0 (0 = automatic)"),
+        (cfg.trainer.max_restarts >= 0, "trainer.max_restarts must be >= 0"),
+        (
+            cfg.trainer.max_staleness >= 1 or not cfg.trainer.asynchronous,
+            "trainer.max_staleness must be >= 1 with trainer.async=true (0 leaves nothing to overlap)",
+        ),
+        (
+            not (cfg.cluster.colocate and cfg.trainer.asynchronous),
+            "cluster.colocate=true and trainer.async=true do not go together: colocated rollout "
+            "workers sleep while the learner trains, so nothing can overlap; set one of them to false",
+        ),
+        (
+            not cfg.cluster.colocate or cfg.rollout.num_workers == cfg.learner.num_workers,
+            f"cluster.colocate=true pairs rollout worker i with learner i on one device set: set "
+            f"rollout.num_workers={cfg.learner.num_workers} (= learner.num_workers)",
+        ),
+        (cfg.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0 = no evaluation during training)"),
+        (cfg.eval.k >= 1, "eval.k must be >= 1"),
+        (cfg.eval.sampling.temperature > 0, "eval.sampling.temperature must be > 0"),
+        (cfg.eval.sampling.max_new_tokens >= 1, "eval.sampling.max_new_tokens must be >= 1"),
+        (
+            cfg.eval.every_steps == 0 or online,
+            "eval.every_steps: evaluation during training is for online RL (algorithm.kind=online)",
+        ),
+        (
+            cfg.eval.every_steps == 0 or bool(cfg.eval.reward_functions or cfg.reward.functions),
+            "eval.every_steps > 0 needs reward functions to score with: eval.reward_functions or "
+            "reward.functions",
+        ),
+        (
+            not cfg.eval.reward_weights or len(cfg.eval.reward_weights) == len(cfg.eval.reward_functions),
+            f"eval.reward_weights has {len(cfg.eval.reward_weights)} entries for "
+            f"{len(cfg.eval.reward_functions)} eval.reward_functions; one weight per function",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -406,6 +565,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     wandb_modes = ("auto", "online", "offline", "disabled")
     for key, value, options in [
         ("rollout.engine", cfg.rollout.engine, ENGINES),
+        ("rollout.hf.decode", cfg.rollout.hf.decode, HF_DECODES),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
         ("weights.transport", cfg.weights.transport, TRANSPORTS),
         ("cluster.mode", cfg.cluster.mode, MODES),
