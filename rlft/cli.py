@@ -54,6 +54,8 @@ def load_config(overrides: list[str]) -> RLFTConfig:
 
 def _reject_unknown_keys(node: Any, schema: Any, prefix: str = "") -> None:
     """Hydra's ``+key=value`` can add keys the schema lacks, which would be silently dropped."""
+    if OmegaConf.get_type(schema) is dict:  # a free-form mapping (e.g. reward.params): any key
+        return
     for key in node:
         if key not in schema:
             raise ConfigError(

@@ -9,6 +9,7 @@ whether they count prompts or samples (a sample = one completion of one prompt).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -277,6 +278,10 @@ class RewardModelConfig:
     """GPUs Ray reserves for the reward-model actor."""
     per_device_samples_per_batch: int = 32
     """Samples per reward-model forward pass."""
+    max_tokens: int = 0
+    """Longest (prompt, completion) text in tokens the reward model sees; a longer one loses tokens
+    from its left (the start of the prompt first), so the completion's end is kept. 0 = the
+    model's own limit (``max_position_embeddings``)."""
 
 
 @dataclass
@@ -286,7 +291,24 @@ class RewardConfig:
     weights: list[float] = field(default_factory=list)
     """One weight per function; empty = 1.0 each. The sample reward is the weighted sum."""
     failure_reward: float = 0.0
-    """Reward a sample gets from a function that raised, returned the wrong length or a non-number."""
+    """Reward a sample gets from a function that raised, timed out, returned the wrong length or a
+    non-number."""
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Constant keyword arguments per function, keyed by its metric name (the function's name;
+    ``_2``, ``_3``... for repeats); on the command line with a ``+`` as the keys are new:
+    ``+reward.params.regex_match.pattern='^\\d+$'``. A parameter the function does not have is an
+    error at start."""
+    timeout_s: float = 30.0
+    """Seconds one call may take (a per-sample function: one sample; a batch function: the whole
+    batch); past it the samples get failure_reward and count in reward/<fn>/timeouts."""
+    max_concurrency: int = 8
+    """Calls in flight at once: worker processes (executor=process) or threads, and awaited
+    coroutines of async functions."""
+    executor: str = "process"
+    """Where sync reward functions run. process: a pool of spawned worker processes; a call past
+    timeout_s is killed with its worker, which is replaced. thread: threads of the trainer's
+    process; cheaper, shares memory, but a call past timeout_s cannot be stopped: it is abandoned
+    and keeps running. Async functions are always awaited in the trainer's process."""
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
 
 
@@ -505,6 +527,13 @@ def validate(cfg: RLFTConfig) -> None:
             f"reward.weights has {len(cfg.reward.weights)} entries for {len(cfg.reward.functions)} "
             "reward.functions; give one weight per function (or none for 1.0 each)",
         ),
+        (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
+        (cfg.reward.max_concurrency >= 1, "reward.max_concurrency must be >= 1"),
+        (
+            cfg.reward.executor in ("process", "thread"),
+            f"reward.executor={cfg.reward.executor!r} is not one of ('process', 'thread')",
+        ),
+        (cfg.reward.model.max_tokens >= 0, "reward.model.max_tokens must be >= 0 (0 = the model's limit)"),
         (cfg.rollout.prompts_per_chunk >= 0, "rollout.prompts_per_chunk must be >= 0 (0 = automatic)"),
         (cfg.trainer.max_restarts >= 0, "trainer.max_restarts must be >= 0"),
         (
