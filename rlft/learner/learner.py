@@ -31,6 +31,7 @@ from rlft.algorithms import (
 )
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Batch, Sample, collate
+from rlft.learner.distributed import DataParallel, RendezvousSpec, Shard, open_rendezvous
 from rlft.modeling import (
     apply_lora,
     default_device,
@@ -83,6 +84,8 @@ class Learner:
         self.kl_coef = algorithm_cfg.beta
         self.policy_version = 0
         self.skipped_updates = 0
+        self.dp: DataParallel | None = None
+        """Membership of the learners' process group when there are several (``join_data_parallel``)."""
 
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the initial policy is loaded (for the KL term)."""
@@ -95,37 +98,52 @@ class Learner:
 
     # --- the update -----------------------------------------------------------------------------
 
-    def train_step(self, samples: list[Sample]) -> dict[str, float]:
-        """Update the policy (and critic) on one RL step's samples; returns learner metrics."""
+    def train_step(self, samples: list[Sample], shard: Shard | None = None) -> dict[str, float]:
+        """Update the policy (and critic) on one RL step's samples; returns learner metrics.
+
+        With several learners ``samples`` are this rank's ``shard`` of the global batch, and the
+        metrics are those of the whole batch (equal on every rank)."""
         start = time.perf_counter()
-        batch = self._prepare(collate(samples, self.pad_token_id).to(self.device))
-        mini_size = self.cfg.global_samples_per_optimizer_step or len(batch)
+        if shard is None:
+            mini_size = self.cfg.global_samples_per_optimizer_step or len(samples)
+            sizes = [min(mini_size, len(samples) - lo) for lo in range(0, len(samples), mini_size)]
+            shard = Shard(list(range(len(samples))), sizes, len(samples))
+        batch = self._prepare(collate(samples, self.pad_token_id).to(self.device), shard)
         totals: dict[str, float] = {}
         for _ in range(self.algo.epochs_per_step):
-            for lo in range(0, len(batch), mini_size):
-                for k, v in self._optimizer_step(batch.select(slice(lo, lo + mini_size))).items():
+            lo = 0
+            for size in shard.mini_batch_sizes:
+                for k, v in self._optimizer_step(batch.select(slice(lo, lo + size))).items():
                     totals[k] = totals.get(k, 0.0) + v
-        steps = self.algo.epochs_per_step * -(-len(batch) // mini_size)
+                lo += size
+        steps = self.algo.epochs_per_step * len(shard.mini_batch_sizes)
         metrics = {k: v / steps for k, v in totals.items()}
-        metrics["advantage/mean"] = self.token_mean(batch.advantages, batch.completion_mask).item()
+        adv = {"sum": (batch.advantages * batch.completion_mask).sum().item()}
+        adv["tokens"] = batch.completion_mask.sum().item()
+        adv = adv if self.dp is None else self.dp.sum(adv)
+        metrics["advantage/mean"] = adv["sum"] / max(adv["tokens"], 1.0)
         if self.needs_reference() and self.algo.kl.adaptive:
             self.kl_coef = adaptive_kl_coef(
-                self.kl_coef, metrics["kl/seq"], self.algo.kl.target, self.algo.kl.horizon, len(batch)
+                self.kl_coef, metrics["kl/seq"], self.algo.kl.target, self.algo.kl.horizon, shard.total
             )
         if self.needs_reference():
             metrics["kl_coef"] = self.kl_coef
         # How many policy updates old the oldest sample is (0 when rollout waits for every update).
         metrics["skipped_updates"] = float(self.skipped_updates)
-        metrics["staleness"] = float(max(self.policy_version - s.policy_version for s in samples))
+        staleness = float(max(self.policy_version - s.policy_version for s in samples))
+        metrics["staleness"] = staleness if self.dp is None else self.dp.max(staleness)
         self.policy_version += 1
         metrics["policy_version"] = float(self.policy_version)
         metrics["timing/train_s"] = time.perf_counter() - start
         return metrics
 
-    def _prepare(self, batch: Batch) -> Batch:
-        """Old/reference log-probs, old values, then advantages and returns (a pure function)."""
-        mini_size = self.cfg.global_samples_per_optimizer_step or len(batch)
-        single_update = self.algo.epochs_per_step == 1 and mini_size >= len(batch)
+    def _prepare(self, batch: Batch, shard: Shard) -> Batch:
+        """Old/reference log-probs, old values, then advantages and returns (a pure function).
+
+        With several learners each rank computes the log-probs and values of its own rows; the
+        advantage estimator then sees the whole batch (group baselines and batch normalisation
+        need every row), gathered on every rank, and each rank keeps its rows."""
+        single_update = self.algo.epochs_per_step == 1 and len(shard.mini_batch_sizes) == 1
         # With a single optimizer step the policy is still the one that generated: the update
         # uses its own detached log-probs as "old" and skips this forward pass.
         needs_old = not single_update or self.algo.kl.in_reward
@@ -135,8 +153,19 @@ class Learner:
         token_rewards = None
         if self.algo.kl.in_reward and ref is not None:
             token_rewards = -self.kl_coef * self.kl_estimator(old, ref) * batch.completion_mask
-        data = AdvantageInput(batch.rewards, batch.group_ids, batch.completion_mask, token_rewards, values)
-        advantages, returns = self.advantage_fn(data, self.algo)
+        rows = {
+            "rewards": batch.rewards,
+            "group_ids": batch.group_ids,
+            "mask": batch.completion_mask,
+            "token_rewards": token_rewards,
+            "values": values,
+        }
+        if self.dp is not None:
+            rows = self.dp.gather_rows(rows, shard.indices, shard.total)
+        advantages, returns = self.advantage_fn(AdvantageInput(**rows), self.algo)
+        if self.dp is not None:
+            own, width = torch.tensor(shard.indices, device=self.device), batch.input_ids.shape[1]
+            advantages, returns = advantages[own, :width], returns[own, :width]
         return replace(
             batch,
             advantages=advantages,
@@ -158,11 +187,11 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic_optimizer is not None:
             self.critic_optimizer.zero_grad(set_to_none=True)
-        norm = {
-            "num_tokens": batch.completion_mask.sum().item(),
-            "num_seqs": float(len(batch)),
-            "horizon": self.sampling.max_new_tokens,
-        }
+        counts = {"num_tokens": batch.completion_mask.sum().item(), "num_seqs": float(len(batch))}
+        # Normalise by the whole mini-batch's counts, over all ranks: the summed gradient is then
+        # the gradient of the whole mini-batch.
+        counts = counts if self.dp is None else self.dp.sum(counts)
+        norm = {**counts, "horizon": self.sampling.max_new_tokens}
         stats: dict[str, float] = {}
 
         def add(name: str, value: torch.Tensor) -> None:
@@ -211,6 +240,11 @@ class Learner:
                 "logprob_diff/sampler",
                 self.token_mean((logprobs.detach() - mb.sampler_logprobs).abs(), mask, **norm),
             )
+        if self.dp is not None:  # each rank holds a part of the sums: add them up
+            stats = self.dp.sum(stats)
+            for model in (self.model, self.critic):
+                if model is not None:
+                    self.dp.all_reduce_gradients(model)
         stats["grad_norm"] = self._clip_and_step(self.model, self.optimizer)
         if self.critic is not None:
             stats["critic/grad_norm"] = self._clip_and_step(self.critic, self.critic_optimizer)
@@ -276,7 +310,13 @@ class Learner:
         return WeightUpdate(tensors, self.policy_version)
 
     def save_checkpoint(self, path: str) -> None:
-        """Write model(s), optimizer(s) and RNG states into the (new) directory ``path``."""
+        """Write model(s), optimizer(s) and RNG states into the (new) directory ``path``.
+
+        With several learners only rank 0 writes: every rank holds the same weights and
+        optimizer state, so the checkpoint is the same as one learner's (and resumes with any
+        number of learners)."""
+        if self.dp is not None and self.dp.rank != 0:
+            return
         out = Path(path)
         self.model.save_pretrained(out / "policy")
         state = {
@@ -306,6 +346,21 @@ class Learner:
         random.setstate(state["python_rng"])
         meta = json.loads((ckpt / "learner.json").read_text())
         self.policy_version, self.kl_coef = meta["policy_version"], meta["kl_coef"]
+
+    # --- data parallelism (called by rlft.learner.group.LearnerGroup) -----------------------------
+
+    def open_data_parallel(self, world_size: int) -> RendezvousSpec:
+        """Rank 0: open the learners' rendezvous; returns what every rank passes to ``join_data_parallel``."""
+        spec, self._dp_store = open_rendezvous(world_size, self.device)
+        return spec
+
+    def join_data_parallel(self, spec: RendezvousSpec, rank: int) -> None:
+        """Join the learners' process group as ``rank`` (all ranks call this at once) and start
+        from rank 0's weights."""
+        self.dp = DataParallel(spec, rank, self.device, store=self._dp_store if rank == 0 else None)
+        for model in (self.model, self.critic):
+            if model is not None:
+                self.dp.broadcast_module(model)
 
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 

@@ -22,6 +22,7 @@ from rlft.algorithms.registry import get_preference_loss
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import Example, UnpairedExample
 from rlft.learner.batch import Batch, Sample, collate
+from rlft.learner.distributed import RendezvousSpec, Shard
 from rlft.learner.learner import Learner
 
 Logps = list[tuple[float, ...]]
@@ -51,17 +52,27 @@ class PreferenceLearner(Learner):
     def needs_reference(self) -> bool:
         return self.algo.preference_loss not in REFERENCE_FREE_PREFERENCE_LOSSES
 
+    def join_data_parallel(self, spec: RendezvousSpec, rank: int) -> None:
+        if self.unpaired:  # its reference point z0 pairs each example with its neighbour in the batch
+            raise ValueError(
+                f"algorithm.preference_loss={self.algo.preference_loss} (unpaired) supports only "
+                "learner.num_workers=1"
+            )
+        super().join_data_parallel(spec, rank)
+
     def reference_logps(self, batch: list[Example]) -> Logps:
         """The frozen reference's summed completion log-probs of each example (for a cache)."""
         rows = self._collate(batch)
         return [tuple(x) for x in self._sequence_logps(self.ref_model, rows).view(len(batch), -1).tolist()]
 
     def preference_step(
-        self, batch: list[Example], ref_logps: Logps | None = None
+        self, batch: list[Example], ref_logps: Logps | None = None, shard: Shard | None = None
     ) -> tuple[dict[str, float], Logps]:
         """One optimizer step on ``batch``; ``ref_logps`` (from :meth:`reference_logps`) saves the
         reference forward pass. Returns the metrics and each example's implicit rewards, shaped
-        like ``ref_logps``."""
+        like ``ref_logps``. With several learners ``batch`` is this rank's ``shard`` of the global
+        batch: the loss is the global batch mean and the metrics are the whole batch's."""
+        total = len(batch) if shard is None else shard.total
         start = time.perf_counter()
         rows = self._collate(batch)
         ref = None
@@ -85,13 +96,22 @@ class PreferenceLearner(Learner):
             part = slice(lo, lo + micro)
             mb_ref = None if ref is None else ref[part]
             losses, mb_logps, mb_rewards = self._losses(rows.select(part), mb_ref, chosen[part], kl)
-            loss = losses.sum() / len(batch)  # the batch mean, accumulated over micro-batches
+            loss = losses.sum() / total  # the batch mean, accumulated over micro-batches (and ranks)
             loss.backward()
             metrics["loss"] += loss.item()
             logp_parts.append(mb_logps.detach())
             reward_parts.append(mb_rewards.detach())
         logps, rewards = torch.cat(logp_parts), torch.cat(reward_parts)
 
+        own_rewards = rewards
+        if self.dp is not None:  # sum the loss and gradients; metrics over the whole batch
+            metrics = self.dp.sum(metrics)
+            self.dp.all_reduce_gradients(self.model)
+            rows = [i * per_example + j for i in shard.indices for j in range(per_example)]
+            whole = self.dp.gather_rows(
+                {"logps": logps, "rewards": rewards, "chosen": chosen}, rows, shard.total * per_example
+            )
+            logps, rewards, chosen = whole["logps"], whole["rewards"], whole["chosen"]
         metrics["grad_norm"] = self._clip_and_step(self.model, self.optimizer)
         metrics.update(self._reward_metrics(logps, rewards, chosen))
         if kl is not None:
@@ -99,7 +119,7 @@ class PreferenceLearner(Learner):
         self.policy_version += 1
         metrics["policy_version"] = float(self.policy_version)
         metrics["timing/train_s"] = time.perf_counter() - start
-        return metrics, [tuple(r) for r in rewards.view(len(batch), -1).tolist()]
+        return metrics, [tuple(r) for r in own_rewards.view(len(batch), -1).tolist()]
 
     def _losses(
         self, mb: Batch, ref: torch.Tensor | None, chosen: torch.Tensor, kl: torch.Tensor | None

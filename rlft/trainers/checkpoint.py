@@ -60,9 +60,7 @@ def save_checkpoint(
     return final
 
 
-def save_if_due(
-    cfg: TrainerConfig, run_dir: Path, step: int, cluster: Any, learner: Any, sampler: Any
-) -> None:
+def save_if_due(cfg: TrainerConfig, run_dir: Path, step: int, learner: Any, sampler: Any) -> None:
     """Checkpoint the learner and the data position every ``trainer.checkpoint_every`` steps and
     after the last step."""
     every = cfg.checkpoint_every
@@ -71,7 +69,7 @@ def save_if_due(
             run_dir,
             step,
             {"sampler": sampler.state_dict()},
-            lambda d: cluster.get(learner.save_checkpoint.remote(str(d))),
+            lambda d: learner.save_checkpoint(str(d)),
             keep=cfg.keep_checkpoints,
         )
 
@@ -95,13 +93,13 @@ def checkpoint_to_resume(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def resume(run_dir: Path, ckpt: Path | None, cluster: Any, learner: Any, sampler: Any) -> int:
+def resume(run_dir: Path, ckpt: Path | None, learner: Any, sampler: Any) -> int:
     """Restore the learner and the data position from ``ckpt`` (if any) and drop log lines past it;
     returns the step to continue after (0 for a fresh run)."""
     step = 0
     if ckpt is not None:
         state = read_trainer_state(ckpt)
-        cluster.get(learner.load_checkpoint.remote(str(ckpt)))
+        learner.load_checkpoint(str(ckpt))
         sampler.load_state_dict(state["sampler"])
         step = state["step"]
     for log in ("metrics.jsonl", "samples.jsonl"):

@@ -21,6 +21,7 @@ from rlft.cluster import Cluster
 from rlft.config import RLFTConfig
 from rlft.data.prompts import PromptSampler, tokenize_prompts
 from rlft.learner.batch import Sample
+from rlft.learner.group import LearnerGroup
 from rlft.learner.learner import Learner
 from rlft.modeling import load_tokenizer
 from rlft.rewards import RewardManager
@@ -45,7 +46,7 @@ def train(cfg: RLFTConfig) -> Path:
         learner, workers = start_workers(cluster, cfg)
         run = _Run(cfg, cluster, workers, sampler, rewards, tokenizer, _start_reward_model(cluster, cfg))
         transport = make_transport(cfg.weights.transport, cfg.weights.bucket_mb, local=cluster.local)
-        start_step = checkpoint.resume(run_dir, resume_from, cluster, learner, sampler)
+        start_step = checkpoint.resume(run_dir, resume_from, learner, sampler)
         transport.sync(cluster, learner, workers)
 
         with make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg)) as trackers:
@@ -59,7 +60,7 @@ def train(cfg: RLFTConfig) -> Path:
 
                 # 4. Update the policy on the learner; it computes the advantages (a pure function
                 # of rewards, groups and, for PPO, its critic's values) and the loss.
-                learner_metrics = cluster.get(learner.train_step.remote(rollout.samples()))
+                learner_metrics = learner.train_step(rollout.samples())
 
                 # 5. Send the new weights to every rollout worker.
                 sync_metrics = transport.sync(cluster, learner, workers)
@@ -74,7 +75,7 @@ def train(cfg: RLFTConfig) -> Path:
                 trackers.log(metrics, step)
                 trackers.log_samples(rollout.sample_rows(cfg.tracking.samples_per_step), step)
 
-                checkpoint.save_if_due(cfg.trainer, run_dir, step, cluster, learner, sampler)
+                checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, sampler)
     return run_dir
 
 
@@ -101,10 +102,12 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> tuple[PromptSampler, RewardManag
         raise SetupError(str(err)) from err
 
 
-def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[Any, list[Any]]:
-    """One learner and ``rollout.num_workers`` rollout workers, each with its own resources."""
+def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list[Any]]:
+    """``learner.num_workers`` data-parallel learners and ``rollout.num_workers`` rollout workers,
+    each with its own resources."""
     lc, rc = cfg.learner, cfg.rollout
-    learner = cluster.spawn(
+    learner = LearnerGroup(
+        cluster,
         Learner,
         cfg.model,
         lc,
@@ -112,8 +115,10 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[Any, list[Any]]:
         rc.sampling,
         cfg.trainer.seed,
         cluster.threads(lc.num_cpus_per_worker),
+        num_workers=lc.num_workers,
         num_cpus=lc.num_cpus_per_worker,
         num_gpus=lc.num_gpus_per_worker,
+        samples_per_optimizer_step=lc.global_samples_per_optimizer_step,
     )
     workers = [
         cluster.spawn(

@@ -24,6 +24,7 @@ from rlft.data.preference import (
     UnpairedExample,
     load_preference_data,
 )
+from rlft.learner.group import LearnerGroup
 from rlft.learner.preference import Logps, PreferenceLearner
 from rlft.modeling import load_tokenizer
 from rlft.tracking import make_trackers
@@ -43,17 +44,19 @@ def train(cfg: RLFTConfig) -> Path:
 
     with Cluster(cfg.cluster) as cluster:
         lc = cfg.learner
-        learner = cluster.spawn(
+        learner = LearnerGroup(
+            cluster,
             PreferenceLearner,
             cfg.model,
             lc,
             cfg.algorithm,
             cfg.trainer.seed,
             cluster.threads(lc.num_cpus_per_worker),
+            num_workers=lc.num_workers,
             num_cpus=lc.num_cpus_per_worker,
             num_gpus=lc.num_gpus_per_worker,
         )
-        start_step = checkpoint.resume(run_dir, resume_from, cluster, learner, sampler)
+        start_step = checkpoint.resume(run_dir, resume_from, learner, sampler)
 
         with make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg)) as trackers:
             for step in range(start_step + 1, cfg.trainer.max_steps + 1):
@@ -67,13 +70,13 @@ def train(cfg: RLFTConfig) -> Path:
                 ref = _reference_logps(cluster, learner, data, indices, ref_cache)
 
                 # 3. One optimizer step on the learner.
-                learner_metrics, rewards = cluster.get(learner.preference_step.remote(batch, ref))
+                learner_metrics, rewards = learner.preference_step(batch, ref)
 
                 metrics = {**learner_metrics, "timing/step_s": time.perf_counter() - step_start}
                 trackers.log(metrics, step)
                 n = cfg.tracking.samples_per_step
                 trackers.log_samples(_sample_rows(tokenizer, batch[:n], rewards[:n]), step)
-                checkpoint.save_if_due(cfg.trainer, run_dir, step, cluster, learner, sampler)
+                checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, sampler)
     return run_dir
 
 
