@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from rlft.config import DataConfig
-from rlft.data.prompts import PromptSampler, format_prompt, tokenize_prompts
+from rlft.data.prompts import (
+    PromptSampler,
+    format_prompt,
+    has_eval_split,
+    load_prompt_rows,
+    tokenize_prompts,
+)
 
 
 def test_builtin_task_rows_are_deterministic_and_carry_ground_truth() -> None:
@@ -78,3 +85,163 @@ def test_chat_template_and_prompt_length(tiny_model_dir: Path) -> None:
     assert tokenizer.decode(ids[0]) == "Repeat this digit: 3"
     with pytest.raises(ValueError, match=r"model\.max_prompt_tokens=4"):
         tokenize_prompts(tokenizer, ["Repeat this digit: 3"], raw, max_tokens=4)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_column_mapping_renames_and_names_missing_columns(tmp_path: Path) -> None:
+    path = _write_jsonl(
+        tmp_path / "d.jsonl", [{"question": "q1", "final_answer": "1", "answer": "work... #### 1"}]
+    )
+    cfg = DataConfig(path=str(path), columns={"prompt": "question", "answer": "final_answer"})
+    sampler = PromptSampler(cfg, seed=0)
+    # the renamed final_answer replaces the dataset's own answer column
+    assert sampler.sample(1) == [{"prompt": "q1", "answer": "1"}]
+    assert sorted(sampler.columns) == ["answer", "prompt"]
+    bad = DataConfig(path=str(path), columns={"prompt": "problem"})
+    with pytest.raises(
+        ValueError, match=r"data.columns.prompt='problem'.*\['question', 'final_answer', 'answer'\]"
+    ):
+        PromptSampler(bad, seed=0)
+
+
+def test_prompt_template_fills_columns_and_keeps_other_braces(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"nums": [3, 5], "target": 8}])
+    template = r"Use {nums} to make {target}; answer in \boxed{} or {{literal}}."
+    rows = load_prompt_rows(DataConfig(path=str(path), eval_path=str(path), prompt_template=template), "eval")
+    assert rows.rows[0]["prompt"] == r"Use [3, 5] to make 8; answer in \boxed{} or {literal}."
+    assert rows.rows[0]["target"] == 8  # ground truth columns are kept as they are
+    with pytest.raises(ValueError, match=r"placeholder \{num\}.*\['nums', 'target'\]"):
+        PromptSampler(DataConfig(path=str(path), prompt_template="{num}"), seed=0)
+
+
+def test_too_long_prompts_are_filtered_and_counted(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [{"prompt": "Repeat this digit: 3", "answer": "3"}] * 3 + [{"prompt": "7 " * 100, "answer": "7"}]
+    path = _write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = DataConfig(path=str(path), apply_chat_template=False)
+    sampler = PromptSampler(cfg, seed=0, tokenizer=tokenizer, max_prompt_tokens=32)
+    assert sampler.num_filtered_too_long == 1
+    assert {r["answer"] for r in sampler.sample(9)} == {"3"}  # three epochs of the three short rows
+    assert PromptSampler(cfg, seed=0).sample(4)[-1] is not None  # without a tokenizer nothing is checked
+    with pytest.raises(ValueError, match=r"1 of 4 prompts.*data.on_too_long=filter"):
+        PromptSampler(replace(cfg, on_too_long="error"), seed=0, tokenizer=tokenizer, max_prompt_tokens=32)
+    with pytest.raises(ValueError, match="every prompt"):
+        PromptSampler(cfg, seed=0, tokenizer=tokenizer, max_prompt_tokens=2)
+    # a chat template counts: the wrapped prompt is longer than the raw one
+    chat = replace(cfg, apply_chat_template=True)
+    raw_len = len(tokenizer("Repeat this digit: 3")["input_ids"])
+    with pytest.raises(ValueError, match="every prompt"):
+        PromptSampler(chat, seed=0, tokenizer=tokenizer, max_prompt_tokens=raw_len + 1)
+
+
+def test_builtin_task_filters_as_it_generates(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # a template that makes prompts with digit 9 longer than the limit
+    cfg = DataConfig(path="builtin:repeat_digit", apply_chat_template=False, prompt_template="{prompt}")
+    limit = len(tokenizer("Repeat this digit: 3")["input_ids"])
+    long_nine = replace(cfg, prompt_template="Repeat this digit: {answer}" + "{answer}" * 40)
+    fine = PromptSampler(cfg, seed=0, tokenizer=tokenizer, max_prompt_tokens=limit).sample(20)
+    assert len(fine) == 20
+    sampler = PromptSampler(long_nine, seed=0, tokenizer=tokenizer, max_prompt_tokens=limit)
+    with pytest.raises(ValueError, match="every prompt"):
+        sampler.sample(1)  # every generated prompt is too long: stops instead of looping forever
+
+
+def test_eval_fraction_holds_out_a_seeded_disjoint_split(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}"} for i in range(20)])
+    cfg = DataConfig(path=str(path), eval_fraction=0.25)
+    assert has_eval_split(cfg) and not has_eval_split(DataConfig(path=str(path)))
+    held_out = [r["prompt"] for r in load_prompt_rows(cfg, "eval").rows]
+    train = [r["prompt"] for r in load_prompt_rows(cfg, "train").rows]
+    assert len(held_out) == 5 and len(train) == 15
+    assert sorted(held_out + train, key=lambda p: int(p[1:])) == [f"p{i}" for i in range(20)]
+    # the sampler (any trainer seed) never draws a held-out row; the split depends on eval_seed only
+    for seed in (0, 7):
+        assert not {r["prompt"] for r in PromptSampler(cfg, seed=seed).sample(45)} & set(held_out)
+    assert [r["prompt"] for r in load_prompt_rows(cfg, "eval").rows] == held_out
+    other = [r["prompt"] for r in load_prompt_rows(replace(cfg, eval_seed=1), "eval").rows]
+    assert other != held_out
+    assert len(load_prompt_rows(replace(cfg, eval_size=2), "eval").rows) == 2
+
+
+def test_eval_sources(tmp_path: Path) -> None:
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    test = _write_jsonl(tmp_path / "test.jsonl", [{"prompt": "x"}, {"prompt": "y"}, {"prompt": "z"}])
+    rows = load_prompt_rows(DataConfig(path=str(train), eval_path=str(test)), "eval").rows
+    assert [r["prompt"] for r in rows] == ["x", "y", "z"]
+    with pytest.raises(ValueError, match="no evaluation split"):
+        load_prompt_rows(DataConfig(path=str(train)), "eval")
+    with pytest.raises(ValueError, match=r"data\.eval_path=<eval file>"):
+        load_prompt_rows(DataConfig(path=str(train), eval_split="test"), "eval")
+    # a dataset folder goes through datasets.load_dataset like a hub name: splits by file name
+    folder = tmp_path / "hubish"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(train.read_text())
+    (folder / "test.jsonl").write_text(test.read_text())
+    cfg = DataConfig(path=str(folder), eval_split="test")
+    assert {r["prompt"] for r in PromptSampler(cfg, seed=0).sample(2)} == {"a", "b"}
+    assert len(load_prompt_rows(cfg, "eval").rows) == 3
+
+
+def test_builtin_eval_rows() -> None:
+    cfg = DataConfig(path="builtin:repeat_digit", eval_size=6)
+    assert has_eval_split(cfg) and not has_eval_split(DataConfig(path="builtin:repeat_digit"))
+    rows = load_prompt_rows(cfg, "eval").rows
+    assert rows == load_prompt_rows(cfg, "eval").rows and len(rows) == 6
+    # not the training stream of the same seed
+    assert rows != PromptSampler(cfg, seed=cfg.eval_seed).sample(6)
+    with pytest.raises(ValueError, match=r"data\.eval_size"):
+        load_prompt_rows(DataConfig(path="builtin:repeat_digit"), "eval")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"on_too_long": "drop"}, "data.on_too_long"),
+        ({"eval_fraction": 1.0}, r"data.eval_fraction must be in \[0, 1\)"),
+        ({"eval_fraction": 0.1, "eval_split": "test"}, "leave data.eval_split"),
+        ({"columns": {"prompt": "q", "question": "q"}}, "renames one dataset column twice"),
+        ({"path": "builtin:repeat_digit", "eval_fraction": 0.1}, "data.eval_size"),
+    ],
+)
+def test_data_config_checks(overrides: dict, message: str) -> None:
+    from rlft.config import RLFTConfig, validate
+
+    cfg = RLFTConfig()
+    cfg.reward.functions = ["rewards/synthetic.py:repeat_char"]
+    cfg.data = replace(cfg.data, **overrides)
+    with pytest.raises(ValueError, match=message):
+        validate(cfg)
+
+
+def test_preference_data_columns_split_and_too_long(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from rlft.data.preference import load_preference_data
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [{"instruction": f"Repeat this digit: {i % 10}", "good": "7", "bad": "3"} for i in range(9)]
+    rows.append({"instruction": "7 " * 100, "good": "7", "bad": "3"})
+    path = _write_jsonl(tmp_path / "prefs.jsonl", rows)
+    cfg = DataConfig(
+        path=str(path),
+        apply_chat_template=False,
+        columns={"prompt": "instruction", "chosen": "good", "rejected": "bad"},
+        eval_fraction=0.2,
+    )
+    train = load_preference_data(cfg, tokenizer, False, max_prompt_tokens=32, max_completion_tokens=8)
+    held_out = load_preference_data(cfg, tokenizer, False, 32, 8, split="eval")
+    assert len(train.examples) + train.num_filtered_too_long == 8
+    assert len(held_out.examples) + held_out.num_filtered_too_long == 2
+    assert train.num_filtered_too_long + held_out.num_filtered_too_long == 1
+    assert tokenizer.decode(train.examples[0].chosen_ids) == "7" + tokenizer.eos_token
+    with pytest.raises(ValueError, match=r"data\.on_too_long=filter"):
+        load_preference_data(replace(cfg, eval_fraction=0.0, on_too_long="error"), tokenizer, False, 32, 8)

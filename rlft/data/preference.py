@@ -1,10 +1,12 @@
 """Preference datasets (DPO family, KTO): tokenized once at start, drawn in a seeded order.
 
 ``data.path`` is read like a prompt dataset (a local jsonl/parquet/csv file or a hub dataset name,
-through :func:`rlft.data.prompts._load_table`), or names a built-in preference set,
-``builtin:<name>`` (see :data:`TASKS`). Columns come from the config: ``data.prompt_column``,
-``data.chosen_column`` and ``data.rejected_column`` for paired losses, ``data.completion_column``
-and ``data.label_column`` (a bool: desirable or not) for unpaired ones (KTO). Unpaired losses also
+with the same ``data.columns`` renames, ``data.prompt_template`` and train/eval splits, see
+:mod:`rlft.data.prompts`), or names a built-in preference set, ``builtin:<name>`` (see
+:data:`TASKS`; its evaluation rows come from ``data.eval_fraction``). Columns come from the
+config: ``data.prompt_column``, ``data.chosen_column`` and ``data.rejected_column`` for paired
+losses, ``data.completion_column`` and ``data.label_column`` (a bool: desirable or not) for
+unpaired ones (KTO). Unpaired losses also
 take paired data: each pair then gives a desirable (chosen) and an undesirable (rejected) example.
 
 A response is either
@@ -15,7 +17,8 @@ A response is either
   A single-message response answers the prompt column (a message list, or text taken as one user
   message); a longer one holds its whole conversation and needs no prompt column.
 
-Every completion ends with the EOS token. A prompt over ``model.max_prompt_tokens`` is an error.
+Every completion ends with the EOS token. An example whose prompt is over
+``model.max_prompt_tokens`` is left out and counted (``data.on_too_long=filter``) or is an error.
 Completions are cut to ``max_completion_tokens``: the preference trainer passes
 ``rollout.sampling.max_new_tokens``, since offline training has no sampler and the rollout's
 completion-length limit doubles as the training one. Cut completions are counted and logged.
@@ -26,11 +29,18 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rlft.config import DataConfig
-from rlft.data.prompts import PromptSampler, _load_table, format_prompt, tokenize_prompts
+from rlft.data.prompts import (
+    PromptSampler,
+    format_prompt,
+    holdout_indices,
+    prepare_row,
+    read_split,
+    report_too_long,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +75,8 @@ class PreferenceDataset:
     examples: list[PreferencePair] | list[UnpairedExample]
     num_truncated: int
     """Completions longer than ``max_completion_tokens``, cut to that length."""
+    num_filtered_too_long: int = 0
+    """Examples left out because their prompt is over ``max_prompt_tokens``."""
 
 
 def repeat_digit(rng: random.Random, size: int = 1024) -> list[Row]:
@@ -90,10 +102,16 @@ TASKS: dict[str, Callable[[random.Random], list[Row]]] = {"repeat_digit": repeat
 
 
 def load_preference_data(
-    cfg: DataConfig, tokenizer: Any, unpaired: bool, max_prompt_tokens: int, max_completion_tokens: int
+    cfg: DataConfig,
+    tokenizer: Any,
+    unpaired: bool,
+    max_prompt_tokens: int,
+    max_completion_tokens: int,
+    split: str = "train",
 ) -> PreferenceDataset:
-    """Read, check and tokenize every row of ``data.path``; errors name the config key to fix."""
-    rows, columns = _read_rows(cfg)
+    """Read, check and tokenize every row of the ``train`` or ``eval`` split; errors name the
+    config key to fix."""
+    rows, columns = _read_rows(cfg, split)
     paired_data = {cfg.chosen_column, cfg.rejected_column} <= set(columns)
     if unpaired and cfg.completion_column not in columns and paired_data:
         rows = [
@@ -117,10 +135,10 @@ def load_preference_data(
         prompts.append(split[0][0])
         completions += [completion for _, completion in split]
 
-    # Prompts are rendered already: tokenize them as they are, with the length check.
-    prompt_ids = tokenize_prompts(
-        tokenizer, prompts, replace(cfg, apply_chat_template=False), max_prompt_tokens
-    )
+    # Prompts are rendered already: tokenize them as they are.
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    fits = [len(ids) <= max_prompt_tokens for ids in prompt_ids]
+    num_filtered = report_too_long(cfg, fits, f"the {split} split of {cfg.path!r}", max_prompt_tokens)
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     completion_ids = [ids + eos for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
     num_truncated = sum(len(ids) > max_completion_tokens for ids in completion_ids)
@@ -136,14 +154,16 @@ def load_preference_data(
     if unpaired:
         examples: list[Any] = [
             UnpairedExample(p, c, _label(cfg, row[cfg.label_column]))
-            for p, c, row in zip(prompt_ids, completion_ids, rows, strict=True)
+            for p, c, row, ok in zip(prompt_ids, completion_ids, rows, fits, strict=True)
+            if ok
         ]
     else:
         examples = [
             PreferencePair(p, c, r)
-            for p, c, r in zip(prompt_ids, completion_ids[0::2], completion_ids[1::2], strict=True)
+            for p, c, r, ok in zip(prompt_ids, completion_ids[0::2], completion_ids[1::2], fits, strict=True)
+            if ok
         ]
-    return PreferenceDataset(examples, num_truncated)
+    return PreferenceDataset(examples, num_truncated, num_filtered)
 
 
 class ExampleSampler(PromptSampler):
@@ -156,8 +176,9 @@ class ExampleSampler(PromptSampler):
         self._rows = self._stream()
 
 
-def _read_rows(cfg: DataConfig) -> tuple[list[Row], list[str]]:
-    """All rows of ``data.path`` and its column names."""
+def _read_rows(cfg: DataConfig, split: str) -> tuple[list[Row], list[str]]:
+    """The rows of the ``train`` or ``eval`` split (columns renamed, template applied) and their
+    column names."""
     if cfg.path.startswith("builtin:"):
         name = cfg.path.removeprefix("builtin:")
         if name not in TASKS:
@@ -165,11 +186,16 @@ def _read_rows(cfg: DataConfig) -> tuple[list[Row], list[str]]:
                 f"unknown built-in preference set 'builtin:{name}'; known: {', '.join(sorted(TASKS))}"
             )
         rows = TASKS[name](random.Random(0))
-        return rows, list(rows[0])
-    table = _load_table(cfg)
-    if len(table) == 0:
-        raise ValueError(f"data.path={cfg.path!r} has no rows")
-    return list(table), list(table.column_names)
+        if split == "eval" and cfg.eval_fraction == 0:
+            raise ValueError(f"data.path={cfg.path!r}: set data.eval_fraction to hold out evaluation pairs")
+        if cfg.eval_fraction > 0:
+            train, held_out = holdout_indices(len(rows), cfg.eval_fraction, cfg.eval_seed)
+            rows = [rows[i] for i in (train if split == "train" else held_out)]
+    else:
+        rows = read_split(cfg, split)
+    source = cfg.eval_path if split == "eval" and cfg.eval_path is not None else cfg.path
+    rows = [prepare_row(cfg, row, source) for row in rows]
+    return rows, list(rows[0])
 
 
 def _require(cfg: DataConfig, columns: list[str], *keys: str) -> None:

@@ -72,7 +72,11 @@ def train(cfg: RLFTConfig) -> Path:
                 # 3. One optimizer step on the learner.
                 learner_metrics, rewards = learner.preference_step(batch, ref)
 
-                metrics = {**learner_metrics, "timing/step_s": time.perf_counter() - step_start}
+                metrics = {
+                    **learner_metrics,
+                    "data/filtered_too_long": data.num_filtered_too_long,
+                    "timing/step_s": time.perf_counter() - step_start,
+                }
                 trackers.log(metrics, step)
                 n = cfg.tracking.samples_per_step
                 trackers.log_samples(_sample_rows(tokenizer, batch[:n], rewards[:n]), step)
