@@ -58,7 +58,7 @@ def test_one_step_syncs_weights_and_version(ray_cluster_cfg) -> None:
     fresh = cluster.get(learner.completion_logprobs.remote(samples))
     assert _mean_abs_diff(fresh, [s.sampler_logprobs for s in samples]) < 1e-4
 
-    metrics = cluster.get(learner.train_step.remote(samples))
+    metrics = learner.train_step(samples)
     assert metrics["policy_version"] == 1.0 and metrics["staleness"] == 0.0
     sync = transport.sync(cluster, learner, workers)
     assert sync["weight_sync/bytes"] > 0
