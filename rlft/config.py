@@ -27,6 +27,10 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     """Names of the linear layers that get adapters."""
+    quantize: str = "none"
+    """none | 4bit: QLoRA, the learner's frozen base weights in 4-bit NF4 (bitsandbytes, double
+    quantization), computing in model.dtype; needs rank > 0. Rollout engines keep the
+    unquantized base and receive the adapters."""
 
 
 @dataclass
@@ -147,6 +151,9 @@ class SamplingConfig:
     """Keep the k most likely tokens; 0 = off."""
     max_new_tokens: int = 32
     """Completion length limit in tokens."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end a completion (its text then ends with the first one generated; the
+    tokens keep everything sampled up to it); finish reason ``stop``. EOS always stops."""
 
 
 @dataclass
@@ -164,9 +171,32 @@ HF_DECODES = ("auto", "static", "generate")
 
 
 @dataclass
+class VLLMEngineConfig:
+    tensor_parallel_size: int = 1
+    """GPUs one rollout worker's engine spans (tensor parallelism); set
+    rollout.num_gpus_per_worker to the same number."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of each GPU vLLM may take for weights, activations and KV cache."""
+    enforce_eager: bool = False
+    """No CUDA graphs / torch.compile: faster start, slower decode (true for CPU tests)."""
+    max_model_len: int = 0
+    """Longest prompt + completion in tokens the engine accepts; 0 = the model's own limit.
+    Lower it when the KV cache cannot hold one sequence of the model's full length."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of shared prompt prefixes (the G samples of a group); the cache is
+    cleared after every weight update."""
+    enable_sleep_mode: bool = False
+    """Let the engine release its GPU memory while the learner trains (cluster.colocate). vLLM
+    has no sleep mode on the CPU: leave it false there (sleep is then a no-op)."""
+    cpu_kvcache_space_gib: int = 1
+    """KV-cache size in GiB for vLLM's CPU backend (``VLLM_CPU_KVCACHE_SPACE``, unless set)."""
+
+
+@dataclass
 class RolloutConfig:
-    engine: str = "hf"
-    """Generation engine: hf (transformers generate)."""
+    engine: str = "auto"
+    """Generation engine: hf (transformers, runs anywhere) | vllm (vLLM) | auto (vllm where it is
+    installed and the rollout worker sees a GPU, else hf)."""
     num_workers: int = 1
     """R: number of RolloutWorker actors; prompts are handed out to them in chunks as each becomes free."""
     prompts_per_chunk: int = 0
@@ -182,6 +212,8 @@ class RolloutConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     hf: HFEngineConfig = field(default_factory=HFEngineConfig)
     """Options of the hf engine."""
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+    """Options of the vllm engine."""
 
 
 @dataclass
@@ -211,6 +243,36 @@ class LearnerConfig:
     """Samples (over all learners) per optimizer step; 0 = one optimizer step per RL step."""
     per_device_samples_per_micro_batch: int = 16
     """Samples per forward/backward on one device; gradients accumulate over micro-batches."""
+    max_tokens_per_micro_batch: int = 0
+    """Token budget of one forward/backward on one device (first-fit decreasing by length; padded
+    size, or total tokens with packing); replaces per_device_samples_per_micro_batch when > 0. A
+    sample longer than the budget gets a micro-batch of its own. 0 = count samples instead."""
+    packing: bool = False
+    """Sequence packing: a micro-batch's samples are concatenated into one row without padding,
+    position ids restart per sample and attention does not cross samples."""
+    logprob_chunk_tokens: int = 4096
+    """Tokens per pass through the LM head when computing log-probabilities from the final hidden
+    states: the [tokens, vocab] logits never exist at once. 0 = the model's full logits in one
+    piece (any model; more memory)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more
+    compute)."""
+    mixed_precision: str = "no"
+    """no: compute in model.dtype. bf16: float32 parameters, gradients and optimizer state (the
+    "master weights"; needs model.dtype=float32) with the forward/backward under bfloat16
+    autocast. For bf16 weights without a float32 copy set model.dtype=bfloat16 instead."""
+    lr_scheduler: str = "constant"
+    """Learning-rate schedule after warmup, stepped once per learner update (trainer step):
+    constant | linear | cosine (decay to lr * min_lr_ratio at lr_schedule_steps)."""
+    warmup_steps: int = 0
+    """Learner updates of linear warmup from lr / warmup_steps up to lr."""
+    warmup_ratio: float = 0.0
+    """Warmup as a fraction of lr_schedule_steps (instead of warmup_steps)."""
+    min_lr_ratio: float = 0.0
+    """linear/cosine: the final learning rate as a fraction of lr."""
+    lr_schedule_steps: int = 0
+    """Length of the schedule in learner updates; conf/ sets it to trainer.max_steps. Needed by
+    linear/cosine and warmup_ratio."""
 
 
 @dataclass
@@ -502,6 +564,18 @@ def validate(cfg: RLFTConfig) -> None:
         ),
         (cfg.rollout.sampling.temperature > 0, "rollout.sampling.temperature must be > 0 for RL"),
         (cfg.rollout.sampling.max_new_tokens >= 1, "rollout.sampling.max_new_tokens must be >= 1"),
+        (all(cfg.rollout.sampling.stop), "rollout.sampling.stop: every stop string must be non-empty"),
+        (cfg.rollout.vllm.tensor_parallel_size >= 1, "rollout.vllm.tensor_parallel_size must be >= 1"),
+        (
+            0 < cfg.rollout.vllm.gpu_memory_utilization <= 1,
+            "rollout.vllm.gpu_memory_utilization must be in (0, 1]",
+        ),
+        (cfg.rollout.vllm.max_model_len >= 0, "rollout.vllm.max_model_len must be >= 0 (0 = automatic)"),
+        (cfg.rollout.vllm.cpu_kvcache_space_gib >= 1, "rollout.vllm.cpu_kvcache_space_gib must be >= 1"),
+        (
+            cfg.rollout.engine != "vllm" or cfg.model.lora.rank == 0,
+            "rollout.engine=vllm does not take LoRA adapters yet: use rollout.engine=hf with model.lora",
+        ),
         (
             cfg.learner.per_device_samples_per_micro_batch >= 1,
             "learner.per_device_samples_per_micro_batch must be >= 1",
@@ -515,8 +589,28 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
         (cfg.weights.bucket_mb > 0, "weights.bucket_mb must be > 0"),
         (
-            cfg.model.lora.rank == 0 or online,
-            "model.lora: LoRA is supported for online RL only so far (not for preference training)",
+            cfg.model.lora.quantize == "none" or cfg.model.lora.rank > 0,
+            "model.lora.quantize=4bit (QLoRA) trains adapters on a quantized base: set model.lora.rank > 0",
+        ),
+        (
+            cfg.learner.mixed_precision == "no" or cfg.model.dtype == "float32",
+            f"learner.mixed_precision={cfg.learner.mixed_precision} keeps float32 master weights: set "
+            f"model.dtype=float32 (or learner.mixed_precision=no to train the {cfg.model.dtype} weights)",
+        ),
+        (cfg.learner.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch must be >= 0"),
+        (cfg.learner.logprob_chunk_tokens >= 0, "learner.logprob_chunk_tokens must be >= 0 (0 = no chunks)"),
+        (cfg.learner.warmup_steps >= 0, "learner.warmup_steps must be >= 0"),
+        (0 <= cfg.learner.warmup_ratio < 1, "learner.warmup_ratio must be in [0, 1)"),
+        (
+            cfg.learner.warmup_steps == 0 or cfg.learner.warmup_ratio == 0,
+            "learner.warmup_steps and learner.warmup_ratio are both set: give one of them",
+        ),
+        (0 <= cfg.learner.min_lr_ratio <= 1, "learner.min_lr_ratio must be in [0, 1]"),
+        (
+            cfg.learner.lr_schedule_steps > 0
+            or (cfg.learner.lr_scheduler == "constant" and cfg.learner.warmup_ratio == 0),
+            f"learner.lr_scheduler={cfg.learner.lr_scheduler} / learner.warmup_ratio need "
+            "learner.lr_schedule_steps > 0 (the schedule's length in trainer steps)",
         ),
         (
             bool(cfg.reward.functions or cfg.reward.model.path) or not online,
@@ -579,7 +673,8 @@ def _check_names(cfg: RLFTConfig) -> None:
     """Every component named in the config exists (each getter raises naming the key and the options)."""
     from rlft import algorithms
     from rlft.cluster import MODES
-    from rlft.modeling import DTYPES
+    from rlft.learner.optim import LR_SCHEDULERS, MIXED_PRECISION
+    from rlft.modeling import DTYPES, QUANTIZATIONS
     from rlft.rollout.worker import ENGINES
     from rlft.weights import TRANSPORTS
 
@@ -596,6 +691,9 @@ def _check_names(cfg: RLFTConfig) -> None:
         ("rollout.engine", cfg.rollout.engine, ENGINES),
         ("rollout.hf.decode", cfg.rollout.hf.decode, HF_DECODES),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
+        ("model.lora.quantize", cfg.model.lora.quantize, QUANTIZATIONS),
+        ("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION),
+        ("learner.lr_scheduler", cfg.learner.lr_scheduler, LR_SCHEDULERS),
         ("weights.transport", cfg.weights.transport, TRANSPORTS),
         ("cluster.mode", cfg.cluster.mode, MODES),
         ("tracking.wandb.mode", cfg.tracking.wandb.mode, wandb_modes),

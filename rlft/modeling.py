@@ -1,15 +1,19 @@
-"""Loading models and tokenizers: always through the Auto classes, from a hub id or a directory."""
+"""Loading models and tokenizers (always through the Auto classes, from a hub id or a directory),
+and per-token log-probabilities computed from the final hidden states in chunks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from rlft.config import ModelConfig
 from rlft.tiny_model import resolve_model_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("none", "4bit")
+"""``model.lora.quantize`` values: 4bit = QLoRA (NF4 base weights through bitsandbytes)."""
 
 
 def _quiet_transformers() -> None:
@@ -43,6 +47,45 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn
     return model.to(device)
 
 
+def load_policy(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model the learner trains: :func:`load_model` with LoRA adapters (:func:`apply_lora`),
+    or with ``model.lora.quantize=4bit`` (QLoRA, Dettmers et al. 2023, arXiv 2305.14314) the base
+    weights quantized to NF4 (double quantization) by bitsandbytes, prepared with peft's
+    ``prepare_model_for_kbit_training`` (norms and embeddings in float32, base frozen), and
+    adapters in float32 on top. Computation runs in ``model.dtype``. The rollout engines keep the
+    unquantized base and receive the adapters."""
+    if cfg.lora.quantize not in QUANTIZATIONS:
+        raise ValueError(f"model.lora.quantize={cfg.lora.quantize!r} is not one of {QUANTIZATIONS}")
+    if cfg.lora.quantize == "none":
+        return apply_lora(load_model(cfg, device), cfg)
+    try:
+        import bitsandbytes  # noqa: F401  (transformers needs it for the quantization config)
+    except ImportError as e:
+        raise ImportError(
+            "model.lora.quantize=4bit needs bitsandbytes: pip install 'rlft[qlora]' (or bitsandbytes)"
+        ) from e
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    _quiet_transformers()
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[cfg.dtype],
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(cfg.path),
+        dtype=DTYPES[cfg.dtype],
+        quantization_config=quantization,
+        device_map={"": str(device)},
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    # Gradient checkpointing is the learner's choice (learner.gradient_checkpointing), not peft's.
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return apply_lora(model, cfg)
+
+
 def default_device() -> torch.device:
     """The first GPU Ray (or the user) made visible to this process, else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -65,6 +108,25 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     return get_peft_model(model, lora)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of storing them
+    (transformers' checkpointing, non-reentrant). Transformers only checkpoints layers in training
+    mode, while the learner keeps the model in eval mode (no dropout, so it scores tokens as the
+    sampler did); so only the decoder layers themselves are flagged as training, their submodules
+    (attention, dropout) stay in eval mode and compute exactly as before."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(
+            f"learner.gradient_checkpointing: {type(model).__name__} has no transformers "
+            "GradientCheckpointingLayer to checkpoint; set learner.gradient_checkpointing=false"
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for layer in layers:
+        layer.training = True
+
+
 def load_value_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A critic: the causal LM's backbone at ``model.critic_path`` (default ``model.path``) with a
     fresh scalar head per token (``AutoModelForTokenClassification``, one label)."""
@@ -83,31 +145,208 @@ def load_value_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> to
 def token_values(
     critic: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """[N, L] critic values aligned with ``input_ids`` like :func:`token_logprobs`: column t holds
-    V of the state before token t is generated (read at position t - 1); column 0 is 0."""
+    """[N, L] critic values aligned with ``input_ids`` like :func:`causal_lm_logprobs`: column t
+    holds V of the state before token t is generated (read at position t - 1); column 0 is 0."""
     scores = critic(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
     return torch.nn.functional.pad(scores[:, :-1], (1, 0))
 
 
-def token_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability and entropy of each position's next-token distribution, aligned with ``input_ids``.
+# --- log-probabilities ----------------------------------------------------------------------------
 
-    ``logits`` [N, L, V] from a causal LM over ``input_ids`` [N, L]. Returns (logprobs, entropy),
-    both [N, L]: column t holds log p(input_ids[:, t] | input_ids[:, :t]) at the sampling
-    ``temperature`` and the entropy of that distribution (differentiable only with
-    ``entropy_grad``); column 0 has no context and is 0. One sequence at a time, so only one
-    [L, V] float32 copy of the logits exists at once.
+
+def causal_lm_logprobs(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    score_mask: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_tokens: int = 0,
+    entropy: bool = False,
+    **forward_kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probability (and entropy) of the next-token distribution at the positions ``score_mask``
+    selects, aligned with ``input_ids``.
+
+    ``input_ids`` [N, L]; ``score_mask`` [N, L] marks the tokens to score (column 0 has no context
+    and is never scored). ``forward_kwargs`` go to the model's forward (``attention_mask``, or
+    ``position_ids`` and varlen arguments for packed rows). Returns float32 [N, L] tensors: column
+    t holds log p(input_ids[:, t] | input_ids[:, :t]) at the sampling ``temperature`` (softmax of
+    logits / temperature) and that distribution's entropy (``None`` unless ``entropy``); 0 at the
+    positions not scored (float64 for a float64 model). Both are differentiable.
+
+    ``chunk_tokens`` > 0: the backbone's final hidden states of the scored positions go through
+    the LM head ``chunk_tokens`` at a time (:func:`lm_head_logprobs`), so the [tokens, vocab]
+    logits never exist at once, in float32 or otherwise. 0: the model's own forward returns the
+    logits of every position and they are reduced in one piece (any model; the reference path).
     """
-    logprobs = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    entropy = torch.zeros_like(logprobs)
-    # unbind, not logits[i]: indexing row by row would make the backward write one full-size
-    # zero gradient per row (quadratic in the micro-batch); unbind's backward stacks them once.
-    for i, row in enumerate(logits.unbind(0)):
-        row = row[:-1].float()
-        logp = torch.log_softmax(row if temperature == 1.0 else row / temperature, dim=-1)
-        logprobs[i, 1:] = logp.gather(-1, input_ids[i, 1:, None]).squeeze(-1)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy[i, 1:] = -(logp.exp() * logp).sum(-1)
-    return logprobs, entropy
+    scored = score_mask[:, 1:].bool()
+    targets = input_ids[:, 1:][scored]
+    if chunk_tokens > 0:
+        backbone, head = _backbone_and_head(model)
+        out = backbone(input_ids=input_ids, use_cache=False, **forward_kwargs)
+        hidden = out.last_hidden_state[:, :-1][scored]
+        logprobs, entropies = lm_head_logprobs(hidden, head, targets, temperature, chunk_tokens, entropy)
+    else:
+        logits = model(input_ids=input_ids, use_cache=False, **forward_kwargs).logits[:, :-1][scored]
+        logprobs, entropies = _logprobs_from_logits(logits, targets, temperature, entropy)
+    where = torch.nn.functional.pad(scored, (1, 0))
+    zeros = torch.zeros(input_ids.shape, dtype=logprobs.dtype, device=input_ids.device)
+    return (
+        zeros.masked_scatter(where, logprobs),
+        None if entropies is None else zeros.masked_scatter(where, entropies),
+    )
+
+
+def lm_head_logprobs(
+    hidden: Tensor,
+    head: torch.nn.Module,
+    targets: Tensor,
+    temperature: float = 1.0,
+    chunk_tokens: int = 4096,
+    entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """[T] log p(targets) (and entropy) of ``softmax(head(hidden) / temperature)``, computed
+    ``chunk_tokens`` rows of ``hidden`` [T, H] at a time.
+
+    A bias-free ``nn.Linear`` head (every common causal LM, tied or not) takes a fused path
+    (:class:`_LinearLogprobs`): only the chunk's logits exist at once, forward or backward, and
+    the backward recomputes them and forms the logit gradient in place. Any other head (e.g. a
+    peft LoRA layer on ``lm_head``) runs each chunk under activation checkpointing instead.
+    """
+    if type(head) is torch.nn.Linear and head.bias is None:
+        logprobs, entropies = _LinearLogprobs.apply(
+            hidden, head.weight, targets, temperature, chunk_tokens, entropy
+        )
+        return logprobs, entropies if entropy else None
+    parts = []
+    for lo in range(0, len(hidden), chunk_tokens):
+        h, t = hidden[lo : lo + chunk_tokens], targets[lo : lo + chunk_tokens]
+
+        def chunk(h: Tensor, t: Tensor = t) -> tuple[Tensor, Tensor | None]:
+            return _logprobs_from_logits(head(h), t, temperature, entropy)
+
+        grad = torch.is_grad_enabled() and (
+            h.requires_grad or any(p.requires_grad for p in head.parameters())
+        )
+        parts.append(torch.utils.checkpoint.checkpoint(chunk, h, use_reentrant=False) if grad else chunk(h))
+    if not parts:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty if entropy else None
+    logprobs = torch.cat([p[0] for p in parts])
+    return logprobs, torch.cat([p[1] for p in parts]) if entropy else None
+
+
+def _logprobs_from_logits(
+    logits: Tensor, targets: Tensor, temperature: float, entropy: bool
+) -> tuple[Tensor, Tensor | None]:
+    """[T] log-softmax of ``logits`` [T, V] / temperature at ``targets`` (in float32, or float64 for
+    float64 logits), and the entropy."""
+    z = logits.to(_at_least_float32(logits.dtype))
+    logp = torch.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
+    picked = logp.gather(-1, targets[:, None]).squeeze(-1)
+    return picked, -(logp.exp() * logp).sum(-1) if entropy else None
+
+
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The decoder stack and the LM head of a transformers causal LM (peft-wrapped or not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for attribute in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(base.config, attribute, None) not in (None, 1, 1.0):
+            raise ValueError(
+                f"{type(base).__name__} transforms its logits ({attribute}), which the chunked LM "
+                "head does not reproduce: set learner.logprob_chunk_tokens=0"
+            )
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    """log softmax(h W^T / tau)[target] and the entropy, chunk by chunk over the rows of h.
+
+    Forward keeps only the per-row logsumexp and entropy. Backward recomputes each chunk's
+    logits z = h W^T / tau, p = softmax(z), and uses (Jacobians of a softmax)
+        d logp_t / d z = onehot(t) - p,        d H / d z = -p * (z - E_p[z]),  E_p[z] = lse - H,
+    so dL/dz = g_lp * (onehot - p) - g_H * p * (z - E_p[z]), then dL/dh = dL/dz W / tau and
+    dL/dW = (dL/dz)^T h / tau (accumulated in float32 over chunks). Matmuls run in the autocast
+    dtype when autocast is on (as an autocast nn.Linear would), else in the weight's dtype; the
+    softmax arithmetic is in float32.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        targets: Tensor,
+        temperature: float,
+        chunk: int,
+        entropy: bool,
+    ) -> tuple[Tensor, Tensor]:
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        n = hidden.shape[0]
+        lse = torch.empty(n, dtype=_at_least_float32(dtype), device=hidden.device)
+        logprobs = torch.empty_like(lse)
+        entropies = torch.empty_like(lse) if entropy else lse.new_empty(0)
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            for lo in range(0, n, chunk):
+                z = _chunk_logits(hidden[lo : lo + chunk], w, dtype, temperature)
+                chunk_lse = torch.logsumexp(z, -1)
+                lse[lo : lo + chunk] = chunk_lse
+                logprobs[lo : lo + chunk] = (
+                    z.gather(-1, targets[lo : lo + chunk, None]).squeeze(-1) - chunk_lse
+                )
+                if entropy:
+                    p = torch.exp(z - chunk_lse[:, None])
+                    entropies[lo : lo + chunk] = chunk_lse - (p * z).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets, lse, entropies)
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        ctx.set_materialize_grads(False)
+        return logprobs, entropies
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_logprobs: Tensor | None, grad_entropy: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        hidden, weight, targets, lse, entropies = ctx.saved_tensors
+        needs_hidden, needs_weight = ctx.needs_input_grad[:2]
+        if (grad_logprobs is None and grad_entropy is None) or not (needs_hidden or needs_weight):
+            return None, None, None, None, None, None
+        tau, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
+        n = hidden.shape[0]
+        if grad_logprobs is None:
+            grad_logprobs = torch.zeros_like(lse)
+        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if needs_weight else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            for lo in range(0, n, chunk):
+                rows = slice(lo, lo + chunk)
+                h = hidden[rows].to(dtype)
+                z = _chunk_logits(h, w, dtype, tau)
+                g = grad_logprobs[rows, None]
+                if grad_entropy is not None:
+                    expected_z = (lse[rows] - entropies[rows])[:, None]
+                    g = (z - expected_z).mul_(grad_entropy[rows, None]).add_(g)
+                grad_z = z.sub_(lse[rows, None]).exp_().mul_(g).neg_()  # -p * g
+                grad_z.scatter_add_(1, targets[rows, None], grad_logprobs[rows, None])
+                if tau != 1.0:
+                    grad_z.div_(tau)
+                grad_z = grad_z.to(dtype)
+                if needs_hidden:
+                    grad_hidden[rows] = (grad_z @ w).to(hidden.dtype)
+                if needs_weight:
+                    grad_weight += grad_z.t() @ h
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, dtype: torch.dtype, temperature: float) -> Tensor:
+    """Logits / temperature of one chunk of rows (at least float32), the matmul in ``dtype``."""
+    z = (hidden.to(dtype) @ weight.t()).to(_at_least_float32(dtype))
+    return z if temperature == 1.0 else z.div_(temperature)
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
@@ -93,3 +94,98 @@ def collate(samples: list[Sample], pad_token_id: int) -> Batch:
     rewards = torch.tensor([math.nan if s.reward is None else s.reward for s in samples], dtype=torch.float32)
     group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
     return Batch(input_ids, attention_mask, completion_mask, sampler_logprobs, rewards, group_ids)
+
+
+def plan_micro_batches(
+    lengths: list[int], max_samples: int, max_tokens: int = 0, packed: bool = False, unit: int = 1
+) -> list[list[int]]:
+    """Row indices of each micro-batch of a batch whose rows have ``lengths`` tokens.
+
+    Rows go in units of ``unit`` consecutive rows that stay together (a chosen/rejected pair).
+    ``max_tokens`` = 0: consecutive runs of ``max_samples`` rows, rounded down to whole units (at
+    least one). ``max_tokens`` > 0: first-fit decreasing by token count. A micro-batch costs its
+    total tokens when ``packed``, else its padded size (rows x longest row); units are placed
+    longest first into the first micro-batch that stays within ``max_tokens``, and a unit over
+    the budget on its own gets a micro-batch of its own. Indices within a micro-batch ascend.
+
+    The losses are normalised over the whole mini-batch, so how rows are grouped changes only
+    memory and speed, not the gradient.
+    """
+    if len(lengths) % unit:
+        raise ValueError(f"{len(lengths)} rows do not split into units of {unit}")
+    if max_tokens <= 0:
+        rows = max(1, max_samples // unit) * unit
+        return [list(range(lo, min(lo + rows, len(lengths)))) for lo in range(0, len(lengths), rows)]
+    units = [list(range(lo, lo + unit)) for lo in range(0, len(lengths), unit)]
+
+    def cost(rows: list[int]) -> int:
+        sizes = [lengths[i] for i in rows]
+        return sum(sizes) if packed else len(sizes) * max(sizes, default=0)
+
+    bins: list[list[int]] = []
+    for rows in sorted(units, key=cost, reverse=True):  # stable: ties keep their order
+        fit = next((b for b in bins if cost(b + rows) <= max_tokens), None)
+        if fit is None:
+            bins.append(list(rows))
+        else:
+            fit.extend(rows)
+    return [sorted(b) for b in bins]
+
+
+@dataclass
+class Packed:
+    """The rows of a padded batch concatenated into one row without padding (sequence packing).
+
+    Position ids restart at 0 for each sample, so rotary positions are those of the sample
+    alone; ``forward_kwargs`` also carry the samples' boundaries (``cu_seq_lens``) for varlen
+    attention kernels. With no 2D attention mask, transformers' sdpa/eager attention derives a
+    block-diagonal causal mask from the restarting position ids, so attention never crosses
+    samples (tests/test_packing.py checks packed == padded).
+    """
+
+    input_ids: torch.Tensor
+    """[1, T] the samples' real tokens, one after another."""
+    position_ids: torch.Tensor
+    """[1, T] position of each token within its own sample."""
+    completion_mask: torch.Tensor
+    """[1, T] float, 1 on completion tokens."""
+    cu_seq_lens: torch.Tensor
+    """[n + 1] int32 cumulative sample lengths: sample i is tokens cu[i]:cu[i+1]."""
+    max_length: int
+    """Longest sample."""
+    tokens: torch.Tensor
+    """[n, L] bool: where in the padded batch each packed token came from."""
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of a transformers forward over the packed row (no attention mask)."""
+        return {
+            "position_ids": self.position_ids,
+            "cu_seq_lens_q": self.cu_seq_lens,
+            "cu_seq_lens_k": self.cu_seq_lens,
+            "max_length_q": self.max_length,
+            "max_length_k": self.max_length,
+        }
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """[n, L] padded layout (0 on padding) of per-token ``values`` [1, T]; differentiable."""
+        return values.new_zeros(self.tokens.shape).masked_scatter(self.tokens, values)
+
+
+def pack(batch: Batch) -> Packed:
+    """Pack the right-padded ``batch`` into one row (see :class:`Packed`). Every sample needs a
+    prompt token: a completion token's log-probability is read from the position before it, which
+    in a packed row would belong to the previous sample."""
+    if batch.completion_mask[:, 0].any():
+        raise ValueError("sequence packing needs a non-empty prompt in every sample (one had none)")
+    tokens = batch.attention_mask.bool()
+    lengths = tokens.sum(-1)
+    positions = torch.cumsum(tokens, -1) - 1
+    cu_seq_lens = torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+    return Packed(
+        input_ids=batch.input_ids[tokens][None],
+        position_ids=positions[tokens][None],
+        completion_mask=batch.completion_mask[tokens][None],
+        cu_seq_lens=cu_seq_lens,
+        max_length=int(lengths.max()),
+        tokens=tokens,
+    )

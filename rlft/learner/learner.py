@@ -30,15 +30,17 @@ from rlft.algorithms import (
     truncated_is_weights,
 )
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
-from rlft.learner.batch import Batch, Sample, collate
+from rlft.learner.batch import Batch, Sample, collate, pack, plan_micro_batches
 from rlft.learner.distributed import DataParallel, RendezvousSpec, Shard, open_rendezvous
+from rlft.learner.optim import autocast, build_optimizer, build_scheduler
 from rlft.modeling import (
-    apply_lora,
+    causal_lm_logprobs,
     default_device,
+    enable_gradient_checkpointing,
     load_model,
+    load_policy,
     load_tokenizer,
     load_value_model,
-    token_logprobs,
     token_values,
 )
 from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
@@ -65,17 +67,23 @@ class Learner:
         self.device = default_device()
         self.pad_token_id = load_tokenizer(model_cfg).pad_token_id
         # eval(): no dropout, so the update scores tokens exactly as the sampler did (gradients still flow).
-        self.model = apply_lora(load_model(model_cfg, self.device), model_cfg).eval()
+        self.model = load_policy(model_cfg, self.device).eval()
+        if learner_cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.lora = model_cfg.lora.rank > 0
         # With LoRA the reference is the base model with the adapters disabled: no second copy.
         self.ref_model = None
         if self.needs_reference() and not self.lora:
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
-        self.optimizer = self._adamw(self.model, learner_cfg.lr)
-        self.critic = self.critic_optimizer = None
+        self.optimizer = build_optimizer(self.model.parameters(), learner_cfg, learner_cfg.lr)
+        self.scheduler = build_scheduler(self.optimizer, learner_cfg)
+        self.critic = self.critic_optimizer = self.critic_scheduler = None
         if algorithm_cfg.kind == "online" and algorithm_cfg.advantage == "gae":
             self.critic = load_value_model(model_cfg, self.device).eval()
-            self.critic_optimizer = self._adamw(self.critic, learner_cfg.critic_lr)
+            self.critic_optimizer = build_optimizer(
+                self.critic.parameters(), learner_cfg, learner_cfg.critic_lr
+            )
+            self.critic_scheduler = build_scheduler(self.critic_optimizer, learner_cfg)
         self.advantage_fn = get_advantage(algorithm_cfg.advantage)
         self.policy_loss = get_policy_loss(algorithm_cfg.policy_loss)
         self.loss_agg = get_loss_agg(algorithm_cfg.loss_agg)
@@ -90,11 +98,6 @@ class Learner:
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the initial policy is loaded (for the KL term)."""
         return self.algo.beta > 0
-
-    def _adamw(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-        c = self.cfg
-        params = [p for p in model.parameters() if p.requires_grad]  # only the adapters with LoRA
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
 
     # --- the update -----------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class Learner:
         metrics["skipped_updates"] = float(self.skipped_updates)
         staleness = float(max(self.policy_version - s.policy_version for s in samples))
         metrics["staleness"] = staleness if self.dp is None else self.dp.max(staleness)
+        metrics.update(self._step_lr_schedule())
         self.policy_version += 1
         metrics["policy_version"] = float(self.policy_version)
         metrics["timing/train_s"] = time.perf_counter() - start
@@ -197,14 +201,10 @@ class Learner:
         def add(name: str, value: torch.Tensor) -> None:
             stats[name] = stats.get(name, 0.0) + value.item()
 
-        micro = self.cfg.per_device_samples_per_micro_batch
-        for lo in range(0, len(batch), micro):
-            mb = batch.select(slice(lo, lo + micro))
+        for rows in self._micro_batches(batch):
+            mb = batch.select(rows)
             mask = mb.completion_mask
-            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            logprobs, entropy = token_logprobs(
-                logits, mb.input_ids, self.sampling.temperature, entropy_grad=self.algo.entropy_coef > 0
-            )
+            logprobs, entropy = self._logprobs(self.model, mb, entropy=True)
             old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
             per_token, info = self.policy_loss(logprobs, old, mb.advantages, mask, self.algo)
             if self.algo.tis_cap > 0:
@@ -224,7 +224,7 @@ class Learner:
                 loss = loss - self.algo.entropy_coef * entropy_mean
             loss.backward()
             if self.critic is not None:
-                values = token_values(self.critic, mb.input_ids, mb.attention_mask)
+                values = self._values(mb)
                 value_loss = self.token_mean(
                     clipped_value_loss(values, mb.old_values, mb.returns, mask, self.algo.value_clip),
                     mask,
@@ -269,24 +269,61 @@ class Learner:
             )
         return norm
 
-    def _logprobs_of(self, model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
-        def forward(mb: Batch) -> torch.Tensor:
-            logits = model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits
-            return token_logprobs(logits, mb.input_ids, self.sampling.temperature)[0]
+    def _step_lr_schedule(self) -> dict[str, float]:
+        """Advance the learning-rate schedule(s) by one learner update; returns the rate used."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        if self.critic_scheduler is not None:
+            self.critic_scheduler.step()
+        return {"learner/lr": lr}
 
-        return forward
+    def _micro_batches(self, batch: Batch, unit: int = 1) -> list[torch.Tensor]:
+        """Row indices of each micro-batch: ``learner.max_tokens_per_micro_batch`` tokens (packed
+        or padded size), else ``learner.per_device_samples_per_micro_batch`` rows; ``unit``
+        consecutive rows stay together."""
+        c = self.cfg
+        lengths = batch.attention_mask.sum(-1).tolist()
+        plan = plan_micro_batches(
+            lengths, c.per_device_samples_per_micro_batch, c.max_tokens_per_micro_batch, c.packing, unit
+        )
+        return [torch.tensor(rows, device=self.device) for rows in plan]
+
+    def _logprobs(
+        self, model: torch.nn.Module, mb: Batch, entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[n, L] log-probabilities (and entropies) of ``mb``'s completion tokens under ``model`` at
+        the sampling temperature, 0 elsewhere: one packed row with ``learner.packing``, else the
+        padded rows; LM head in chunks of ``learner.logprob_chunk_tokens``."""
+        options = {
+            "temperature": self.sampling.temperature,
+            "chunk_tokens": self.cfg.logprob_chunk_tokens,
+            "entropy": entropy,
+        }
+        with autocast(self.cfg, self.device):
+            if not self.cfg.packing:
+                return causal_lm_logprobs(
+                    model, mb.input_ids, mb.completion_mask, attention_mask=mb.attention_mask, **options
+                )
+            packed = pack(mb)
+            logprobs, entropies = causal_lm_logprobs(
+                model, packed.input_ids, packed.completion_mask, **packed.forward_kwargs(), **options
+            )
+        return packed.unpack(logprobs), None if entropies is None else packed.unpack(entropies)
+
+    def _logprobs_of(self, model: torch.nn.Module) -> Callable[[Batch], torch.Tensor]:
+        return lambda mb: self._logprobs(model, mb)[0]
 
     def _values(self, mb: Batch) -> torch.Tensor:
-        return token_values(self.critic, mb.input_ids, mb.attention_mask)
+        with autocast(self.cfg, self.device):
+            return token_values(self.critic, mb.input_ids, mb.attention_mask)
 
     @torch.no_grad()
     def _no_grad_forward(self, forward: Callable[[Batch], torch.Tensor], batch: Batch) -> torch.Tensor:
         """[N, L] per-token outputs of ``forward`` over ``batch``, in micro-batches."""
         out = torch.zeros(batch.input_ids.shape, device=self.device)
-        micro = self.cfg.per_device_samples_per_micro_batch
-        for lo in range(0, len(batch), micro):
-            mb = batch.select(slice(lo, lo + micro))
-            out[lo : lo + micro, : mb.input_ids.shape[1]] = forward(mb)
+        for rows in self._micro_batches(batch):
+            mb = batch.select(rows)
+            out[rows, : mb.input_ids.shape[1]] = forward(mb).float()
         return out
 
     def completion_logprobs(self, samples: list[Sample]) -> list[list[float]]:
@@ -321,6 +358,7 @@ class Learner:
         self.model.save_pretrained(out / "policy")
         state = {
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
             "python_rng": random.getstate(),
@@ -328,6 +366,7 @@ class Learner:
         if self.critic is not None:
             self.critic.save_pretrained(out / "critic")
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
+            state["critic_scheduler"] = self.critic_scheduler.state_dict()
         torch.save(state, out / "learner_state.pt")
         meta = {"policy_version": self.policy_version, "kl_coef": self.kl_coef}
         (out / "learner.json").write_text(json.dumps(meta))
@@ -338,9 +377,11 @@ class Learner:
         _load_weights(self.model, ckpt / "policy")
         state = torch.load(ckpt / "learner_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
             _load_weights(self.critic, ckpt / "critic")
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            self.critic_scheduler.load_state_dict(state["critic_scheduler"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])

@@ -33,7 +33,9 @@ class PreferenceLearner(Learner):
     """One optimizer step per :meth:`preference_step`; ``policy_version`` counts them.
 
     A pair is two rows of one forward pass (chosen, then rejected), so a micro-batch holds
-    ``learner.per_device_samples_per_micro_batch`` rows rounded down to whole pairs (at least one).
+    ``learner.per_device_samples_per_micro_batch`` rows rounded down to whole pairs (at least one),
+    or whole pairs up to ``learner.max_tokens_per_micro_batch`` tokens. With LoRA the reference
+    is the policy with its adapters disabled.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class PreferenceLearner(Learner):
     def reference_logps(self, batch: list[Example]) -> Logps:
         """The frozen reference's summed completion log-probs of each example (for a cache)."""
         rows = self._collate(batch)
-        return [tuple(x) for x in self._sequence_logps(self.ref_model, rows).view(len(batch), -1).tolist()]
+        return [tuple(x) for x in self._sequence_logps(rows, reference=True).view(len(batch), -1).tolist()]
 
     def preference_step(
         self, batch: list[Example], ref_logps: Logps | None = None, shard: Shard | None = None
@@ -76,11 +78,10 @@ class PreferenceLearner(Learner):
         start = time.perf_counter()
         rows = self._collate(batch)
         ref = None
-        if self.ref_model is not None:
-            ref = self._sequence_logps(self.ref_model, rows) if ref_logps is None else torch.tensor(ref_logps)
+        if self.needs_reference():
+            ref = self._sequence_logps(rows, reference=True) if ref_logps is None else torch.tensor(ref_logps)
             ref = ref.flatten().to(self.device)
         per_example = len(rows) // len(batch)
-        micro = max(per_example, self.cfg.per_device_samples_per_micro_batch // per_example * per_example)
         # Which rows are chosen: every other one for pairs, the desirable ones for KTO.
         chosen = (
             torch.tensor([e.desirable for e in batch], device=self.device)
@@ -91,17 +92,15 @@ class PreferenceLearner(Learner):
 
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {"loss": 0.0}
-        logp_parts, reward_parts = [], []
-        for lo in range(0, len(rows), micro):
-            part = slice(lo, lo + micro)
+        logps = torch.zeros(len(rows), device=self.device)
+        rewards = torch.zeros(len(rows), device=self.device)
+        for part in self._micro_batches(rows, unit=per_example):
             mb_ref = None if ref is None else ref[part]
             losses, mb_logps, mb_rewards = self._losses(rows.select(part), mb_ref, chosen[part], kl)
             loss = losses.sum() / total  # the batch mean, accumulated over micro-batches (and ranks)
             loss.backward()
             metrics["loss"] += loss.item()
-            logp_parts.append(mb_logps.detach())
-            reward_parts.append(mb_rewards.detach())
-        logps, rewards = torch.cat(logp_parts), torch.cat(reward_parts)
+            logps[part], rewards[part] = mb_logps.detach(), mb_rewards.detach()
 
         own_rewards = rewards
         if self.dp is not None:  # sum the loss and gradients; metrics over the whole batch
@@ -116,6 +115,7 @@ class PreferenceLearner(Learner):
         metrics.update(self._reward_metrics(logps, rewards, chosen))
         if kl is not None:
             metrics["kl"] = kl.item()
+        metrics.update(self._step_lr_schedule())
         self.policy_version += 1
         metrics["policy_version"] = float(self.policy_version)
         metrics["timing/train_s"] = time.perf_counter() - start
@@ -148,9 +148,14 @@ class PreferenceLearner(Learner):
         samples = [Sample(p, c, [0.0] * len(c), 0.0, 0, self.policy_version) for p, c in seqs]
         return collate(samples, self.pad_token_id).to(self.device)
 
-    def _sequence_logps(self, model: torch.nn.Module, rows: Batch) -> torch.Tensor:
-        """[N] summed completion log-probs of each row under ``model``, without gradient."""
-        return (self._no_grad_forward(self._logprobs_of(model), rows) * rows.completion_mask).sum(-1)
+    def _sequence_logps(self, rows: Batch, reference: bool = False) -> torch.Tensor:
+        """[N] summed completion log-probs of each row under the policy or the ``reference``,
+        without gradient."""
+        if reference:
+            logprobs = self._reference_logprobs(rows)
+        else:
+            logprobs = self._no_grad_forward(self._logprobs_of(self.model), rows)
+        return (logprobs * rows.completion_mask).sum(-1)
 
     def _kto_kl(self, batch: list[UnpairedExample]) -> torch.Tensor:
         """KTO's reference point z0 (Ethayarajh et al. 2024, arXiv 2402.01306, section 4), estimated
@@ -161,7 +166,7 @@ class PreferenceLearner(Learner):
             for i, e in enumerate(batch)
         ]
         rows = self._collate(mismatched)
-        ratio = self._sequence_logps(self.model, rows) - self._sequence_logps(self.ref_model, rows)
+        ratio = self._sequence_logps(rows) - self._sequence_logps(rows, reference=True)
         return ratio.mean().clamp(min=0)
 
     def _reward_metrics(
