@@ -207,9 +207,9 @@ def test_all_none_gives_nan_and_no_mean(tmp_path):
 
 def test_metrics_keys_and_unique_names(tmp_path):
     _, metrics = manager(tmp_path, FUNCTIONS, ["length", "length"]).score(PROMPTS, COMPLETIONS, {})
-    expected = {"reward/errors"}
+    expected = {"reward/errors", "reward/timeouts"}
     for name in ("length", "length_2"):
-        expected |= {f"reward/{name}/{key}" for key in ("mean", "errors", "none_frac")}
+        expected |= {f"reward/{name}/{key}" for key in ("mean", "errors", "timeouts", "none_frac")}
         expected.add(f"timing/reward/{name}_s")
     assert set(metrics) == expected
 

@@ -9,6 +9,13 @@ The function's signature picks its calling convention (``async def`` works in ev
 Loading fails at once with a message naming the spec and the fix. Calling a loaded
 :class:`RewardFunction` never raises because of the user's code: each sample's result is a float,
 ``None`` ("no opinion") or a :class:`Failure` saying what went wrong.
+
+The verl form is an adapter: ``solution_str`` is the completion, ``ground_truth`` the sample's
+``ground_truth`` column (else its ``answer`` column), ``data_source`` and ``extra_info`` the
+columns of those names (``""`` and ``None`` when absent); a returned dict gives its ``"score"``.
+
+:meth:`RewardFunction.with_params` binds constant keyword arguments (``reward.params``), which
+then no longer count as required dataset columns.
 """
 
 import asyncio
@@ -21,8 +28,9 @@ import numbers
 import re
 import reprlib
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -48,15 +56,15 @@ class Failure:
     """Why a reward function gave no usable value for a sample."""
 
     kind: str
-    """'raised', 'wrong length' or 'non-number'."""
+    """'raised', 'wrong length', 'non-number', 'timeout' or 'crashed' (its worker process died)."""
     message: str
-    error: Exception | None = None
-    """The exception the function raised, for its traceback."""
+    trace: str = ""
+    """The traceback of the exception the function raised, as text (it crosses processes)."""
 
     @classmethod
-    def raised(cls, error: Exception) -> "Failure":
-        """The failure of a call that raised ``error``."""
-        return cls("raised", f"raised {type(error).__name__}: {error}", error)
+    def raised(cls, error: BaseException) -> "Failure":
+        """The failure of a call that raised ``error`` (call from its ``except`` block)."""
+        return cls("raised", f"raised {type(error).__name__}: {error}", traceback.format_exc())
 
 
 @dataclass
@@ -74,20 +82,70 @@ class RewardFunction:
     """It has ``**kwargs``, so it receives every column."""
     parameters: frozenset[str]
     """Names of its named parameters; other columns are not passed to it."""
+    source: str = ""
+    """The spec with a file path made absolute: what a worker process loads."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Constant keyword arguments (``reward.params``), passed to every call; they win over columns."""
+
+    def with_params(self, params: Mapping[str, Any]) -> "RewardFunction":
+        """A copy that passes ``params`` as keyword arguments; an unknown name is a ValueError."""
+        reserved = {"prompt", "prompts", "completion", "completions", "solution_str"}
+        own = sorted(self.parameters - reserved)
+        unknown = sorted(k for k in params if k in reserved or not (k in own or self.accepts_any_columns))
+        if unknown:
+            raise ValueError(
+                f"reward.params.{self.name} sets {unknown}, which {self.name!r} ({self.spec}) does not "
+                f"take; its parameters are {own}. Fix the name, or add the parameter to the function."
+            )
+        required = self.required_columns.difference(params)
+        return replace(self, params={**self.params, **params}, required_columns=required)
 
     def __call__(
         self, prompts: list[str], completions: list[str], columns: dict[str, list]
     ) -> list[float | Failure | None]:
-        """Score the samples: one float, ``None`` or :class:`Failure` per prompt, never raising."""
+        """Score the samples in this thread, without timeouts: one value per prompt, never raising.
+
+        The reward manager runs :meth:`calls` concurrently instead; this is the plain version.
+        """
+        calls = self.calls(prompts, completions, columns)
+        if self.is_async:
+            return [value for values in asyncio.run(self._gather(calls)) for value in values]
+        return [value for kwargs in calls for value in self.run(kwargs)]
+
+    def calls(
+        self, prompts: list[str], completions: list[str], columns: dict[str, list]
+    ) -> list[dict[str, Any]]:
+        """Keyword arguments of each call: one call for the batch form, one per sample otherwise."""
         if self.form == "batch":
-            kwargs = {**self._accepted(columns), "prompts": prompts, "completions": completions}
-            (output,) = self._call_each([kwargs])
-            outputs = _split_batch(output, len(prompts))
-        else:
-            outputs = self._call_each(
-                [self._sample_kwargs(i, prompts, completions, columns) for i in range(len(prompts))]
-            )
-        return [self._to_value(output) for output in outputs]
+            return [
+                {**self._accepted(columns), **self.params, "prompts": prompts, "completions": completions}
+            ]
+        return [self._sample_kwargs(i, prompts, completions, columns) for i in range(len(prompts))]
+
+    def samples_in(self, kwargs: dict[str, Any]) -> int:
+        """How many samples the call with ``kwargs`` scores."""
+        return len(kwargs["prompts"]) if self.form == "batch" else 1
+
+    def run(self, kwargs: dict[str, Any]) -> list[float | Failure | None]:
+        """Make one (sync) call and check its output: one value per sample it scores."""
+        try:
+            output = self.fn(**kwargs)
+        except Exception as error:
+            output = Failure.raised(error)
+        return self._check(output, kwargs)
+
+    async def arun(self, kwargs: dict[str, Any]) -> list[float | Failure | None]:
+        """Await one call of an ``async def`` function and check its output."""
+        try:
+            output = await self.fn(**kwargs)
+        except Exception as error:
+            output = Failure.raised(error)
+        return self._check(output, kwargs)
+
+    def _check(self, output: Any, kwargs: dict[str, Any]) -> list[float | Failure | None]:
+        """The call's output as checked values, one per sample it scores."""
+        outputs = _split_batch(output, self.samples_in(kwargs)) if self.form == "batch" else [output]
+        return [self._to_value(out) for out in outputs]
 
     @property
     def is_async(self) -> bool:
@@ -106,38 +164,18 @@ class RewardFunction:
         """Keyword arguments of the per-sample or verl call for sample ``i``."""
         row = {key: values[i] for key, values in columns.items()}
         if self.form == "sample":
-            return {**self._accepted(row), "prompt": prompts[i], "completion": completions[i]}
-        return self._accepted(
-            {
-                "data_source": row.get("data_source", ""),
-                "solution_str": completions[i],
-                "ground_truth": row.get("ground_truth", row.get("answer")),
-                "extra_info": row.get("extra_info"),
-            }
-        )
+            return {**self._accepted(row), **self.params, "prompt": prompts[i], "completion": completions[i]}
+        verl = {
+            "data_source": row.get("data_source", ""),
+            "solution_str": completions[i],
+            "ground_truth": row.get("ground_truth", row.get("answer")),
+            "extra_info": row.get("extra_info"),
+        }
+        return {**self._accepted(verl), **self.params}
 
-    def _call_each(self, kwargs_list: list[dict[str, Any]]) -> list[Any]:
-        """Call ``fn`` once per kwargs (concurrently if async); a raised exception becomes a Failure."""
-        if self.is_async:
-            return asyncio.run(self._gather(kwargs_list))
-        outputs = []
-        for kwargs in kwargs_list:
-            try:
-                outputs.append(self.fn(**kwargs))
-            except Exception as error:
-                outputs.append(Failure.raised(error))
-        return outputs
-
-    async def _gather(self, kwargs_list: list[dict[str, Any]]) -> list[Any]:
-        """Await all calls of the async ``fn`` concurrently; a raised exception becomes a Failure."""
-
-        async def call(kwargs: dict[str, Any]) -> Any:
-            try:
-                return await self.fn(**kwargs)
-            except Exception as error:
-                return Failure.raised(error)
-
-        return await asyncio.gather(*(call(kwargs) for kwargs in kwargs_list))
+    async def _gather(self, calls: list[dict[str, Any]]) -> list[list[float | Failure | None]]:
+        """Await all calls of the async ``fn`` concurrently."""
+        return await asyncio.gather(*(self.arun(kwargs) for kwargs in calls))
 
     def _to_value(self, output: Any) -> float | Failure | None:
         """Check one sample's output: a finite number (as float), None, or else a Failure."""
@@ -204,7 +242,8 @@ def load_reward_function(spec: str, *, search_dirs: Sequence[Path] = ()) -> Rewa
     fn = getattr(module, attr)
     if not callable(fn):
         raise TypeError(f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
-    return _describe(spec, fn, getattr(fn, "__name__", attr))
+    source = spec if path is None else f"{path}:{attr}"
+    return replace(_describe(spec, fn, getattr(fn, "__name__", attr)), source=source)
 
 
 def _find_file(spec: str, target: str, search_dirs: Sequence[Path]) -> Path:

@@ -1,19 +1,27 @@
 """Combine weighted reward functions into one reward per sample; a function's failure never escapes.
 
-Not yet here (a later issue): per-call timeouts and running the functions in a separate reward actor.
+All calls of all functions in one :meth:`RewardManager.score` run concurrently, each bounded by
+``timeout_s`` (see :mod:`rlft.rewards.executors` for where they run and what a timeout can stop).
 """
 
 import logging
 import math
-import time
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from statistics import fmean
+from typing import TYPE_CHECKING, Any
 
+from rlft.rewards.executors import AsyncJobs, Job, ProcessExecutor, ThreadExecutor
 from rlft.rewards.loader import Failure, RewardFunction, load_reward_function
 
+if TYPE_CHECKING:
+    from rlft.config import RewardConfig
+
 logger = logging.getLogger("rlft.rewards")
+
+EXECUTORS = {"process": ProcessExecutor, "thread": ThreadExecutor}
 
 
 class RewardManager:
@@ -21,9 +29,14 @@ class RewardManager:
 
     Per sample, each function gives a float or ``None`` ("no opinion"). The sample's reward is the
     weighted sum over the functions with an opinion, or NaN when none has one (the advantage code
-    leaves NaN out of the group baseline). Where a function raises, returns the wrong length or a
-    non-number, the samples concerned get ``failure_reward`` from it; the failure is counted in the
-    metrics and logged once per function and kind of failure.
+    leaves NaN out of the group baseline). Where a function raises, times out, returns the wrong
+    length or a non-number, the samples concerned get ``failure_reward`` from it; the failure is
+    counted in the metrics and logged once per function and kind of failure.
+
+    Sync functions run in ``executor`` (``process``: killable worker processes; ``thread``), async
+    ones are awaited concurrently; at most ``max_concurrency`` calls of each kind are in flight.
+    Call :meth:`close` (or use it as a context manager) to stop the worker processes early; they
+    also end with this process.
     """
 
     def __init__(
@@ -32,8 +45,18 @@ class RewardManager:
         weights: Sequence[float] | None = None,
         failure_reward: float = 0.0,
         search_dirs: Sequence[Path] = (),
+        *,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+        timeout_s: float = 30.0,
+        max_concurrency: int = 8,
+        executor: str = "process",
+        ignore_unknown_params: bool = False,
     ) -> None:
-        """Load every function now, so a bad spec fails at start; no (or empty) weights = 1.0 each."""
+        """Load every function now, so a bad spec fails at start; no (or empty) weights = 1.0 each.
+
+        ``params`` maps a function's (unique) name to constant keyword arguments for it; a name that
+        is not one of the functions is an error unless ``ignore_unknown_params``.
+        """
         if not specs:
             raise ValueError("no reward functions: set reward.functions=[path/to/file.py:function, ...]")
         if weights and len(weights) != len(specs):
@@ -41,10 +64,50 @@ class RewardManager:
                 f"reward.weights has {len(weights)} values for {len(specs)} reward.functions; "
                 "give one weight per function, or none for 1.0 each"
             )
-        self.functions = _unique_names([load_reward_function(s, search_dirs=search_dirs) for s in specs])
+        if executor not in EXECUTORS:
+            raise ValueError(f"reward.executor={executor!r} is not one of {sorted(EXECUTORS)}")
+        if timeout_s <= 0 or max_concurrency < 1:
+            raise ValueError("reward.timeout_s must be > 0 and reward.max_concurrency >= 1")
+        functions = _unique_names([load_reward_function(s, search_dirs=search_dirs) for s in specs])
+        self.functions = _bind_params(functions, params or {}, ignore_unknown_params)
         self.weights = [float(w) for w in weights] if weights else [1.0] * len(specs)
         self.failure_reward = failure_reward
+        self.timeout_s, self.max_concurrency = timeout_s, max_concurrency
+        self.executor = EXECUTORS[executor](self.functions, max_concurrency, timeout_s)
         self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: "RewardConfig",
+        search_dirs: Sequence[Path] = (),
+        functions: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> "RewardManager":
+        """The manager ``reward.*`` describes; ``functions``/``weights`` replace the configured ones
+        (evaluation), and then ``reward.params`` for functions not among them are ignored."""
+        return cls(
+            cfg.functions if functions is None else functions,
+            (cfg.weights if functions is None else weights) or None,
+            cfg.failure_reward,
+            search_dirs,
+            params=cfg.params,
+            timeout_s=cfg.timeout_s,
+            max_concurrency=cfg.max_concurrency,
+            executor=cfg.executor,
+            ignore_unknown_params=functions is not None,
+        )
+
+    def close(self) -> None:
+        """Stop the worker processes (they restart if :meth:`score` is called again)."""
+        self.executor.close()
+
+    def __enter__(self) -> "RewardManager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def check_columns(self, available: Iterable[str]) -> None:
         """Raise a ValueError naming every function whose required columns the dataset lacks."""
@@ -64,30 +127,60 @@ class RewardManager:
     def score(
         self, prompts: list[str], completions: list[str], columns: dict[str, list]
     ) -> tuple[list[float], dict[str, float]]:
-        """Combined reward per sample (NaN = no opinion from any function) and a flat metrics dict."""
+        """Combined reward per sample (NaN = no opinion from any function) and a flat metrics dict.
+
+        Metrics per function: ``reward/<fn>/mean`` (over samples with a value, failures counted at
+        ``failure_reward``), ``/none_frac``, ``/errors`` (raised, bad output, worker died),
+        ``/timeouts``, and ``timing/reward/<fn>_s`` (its calls' summed duration: they overlap);
+        in total ``reward/errors`` and ``reward/timeouts``.
+        """
+        with self._lock:
+            results = self._run_all(prompts, completions, columns)
         n = len(prompts)
         totals = [0.0] * n
         has_opinion = [False] * n
-        metrics: dict[str, float] = {}
-        total_errors = 0
-        for fn, weight in zip(self.functions, self.weights, strict=True):
-            start = time.perf_counter()
-            results = fn(prompts, completions, columns)
-            metrics[f"timing/reward/{fn.name}_s"] = time.perf_counter() - start
-            values = [self._value(fn, result) for result in results]
+        metrics: dict[str, float] = {"reward/errors": 0, "reward/timeouts": 0}
+        for fn, weight, (outputs, seconds) in zip(self.functions, self.weights, results, strict=True):
+            metrics[f"timing/reward/{fn.name}_s"] = seconds
+            values = [self._value(fn, output) for output in outputs]
             for i, value in enumerate(values):
                 if value is not None:
                     totals[i] += weight * value
                     has_opinion[i] = True
             numeric = [value for value in values if value is not None]
-            errors = sum(isinstance(result, Failure) for result in results)
-            total_errors += errors
+            timeouts = sum(isinstance(out, Failure) and out.kind == "timeout" for out in outputs)
+            errors = sum(isinstance(out, Failure) for out in outputs) - timeouts
+            metrics["reward/errors"] += errors
+            metrics["reward/timeouts"] += timeouts
             metrics[f"reward/{fn.name}/errors"] = errors
+            metrics[f"reward/{fn.name}/timeouts"] = timeouts
             metrics[f"reward/{fn.name}/none_frac"] = (n - len(numeric)) / n if n else 0.0
             if numeric:
                 metrics[f"reward/{fn.name}/mean"] = fmean(numeric)
-        metrics["reward/errors"] = total_errors
         return [t if ok else math.nan for t, ok in zip(totals, has_opinion, strict=True)], metrics
+
+    def _run_all(
+        self, prompts: list[str], completions: list[str], columns: dict[str, list]
+    ) -> list[tuple[list[float | Failure | None], float]]:
+        """Every function's values (one per sample) and summed call time, all calls concurrent."""
+        jobs: list[Job] = [
+            (i, kwargs)
+            for i, fn in enumerate(self.functions)
+            for kwargs in fn.calls(prompts, completions, columns)
+        ]
+        is_async = [self.functions[i].is_async for i, _ in jobs]
+        async_jobs = [job for job, a in zip(jobs, is_async, strict=True) if a]
+        sync_jobs = [job for job, a in zip(jobs, is_async, strict=True) if not a]
+        awaiting = None
+        if async_jobs:
+            awaiting = AsyncJobs(self.functions, async_jobs, self.max_concurrency, self.timeout_s)
+        sync_results = iter(self.executor.run(sync_jobs))
+        async_results = iter(awaiting.join() if awaiting else [])
+        per_function: list[tuple[list[float | Failure | None], float]] = [([], 0.0) for _ in self.functions]
+        for (i, _), a in zip(jobs, is_async, strict=True):
+            values, seconds = next(async_results if a else sync_results)
+            per_function[i] = (per_function[i][0] + values, per_function[i][1] + seconds)
+        return per_function
 
     def _value(self, fn: RewardFunction, result: float | Failure | None) -> float | None:
         """The sample's value from ``fn``: its result, or ``failure_reward`` (logged once) if it failed."""
@@ -97,14 +190,15 @@ class RewardManager:
             self._logged.add((fn.name, result.kind))
             logger.error(
                 "reward function %r (%s) %s; such samples get failure_reward=%s. Logged once: later "
-                "'%s' failures of this function only count in the metric reward/%s/errors.",
+                "'%s' failures of this function only count in the metric reward/%s/%s.%s",
                 fn.name,
                 fn.spec,
                 result.message,
                 self.failure_reward,
                 result.kind,
                 fn.name,
-                exc_info=result.error,
+                "timeouts" if result.kind == "timeout" else "errors",
+                f"\n{result.trace}" if result.trace else "",
             )
         return self.failure_reward
 
@@ -121,3 +215,17 @@ def _unique_names(functions: list[RewardFunction]) -> list[RewardFunction]:
         used.add(name)
         unique.append(replace(fn, name=name))
     return unique
+
+
+def _bind_params(
+    functions: list[RewardFunction], params: Mapping[str, Mapping[str, Any]], ignore_unknown: bool
+) -> list[RewardFunction]:
+    """The functions with their ``reward.params`` bound; a name no function has is a ValueError."""
+    names = [fn.name for fn in functions]
+    unknown = sorted(set(params).difference(names))
+    if unknown and not ignore_unknown:
+        raise ValueError(
+            f"reward.params has entries for {unknown}, which are not among the reward functions "
+            f"{names}. Key reward.params by the function's name (_2, _3... for repeats)."
+        )
+    return [fn.with_params(dict(params[fn.name])) if fn.name in params else fn for fn in functions]

@@ -19,7 +19,9 @@ What bounds the code, in the order the runner sets it up:
    writes or deletions outside the working directory, and more than
    ``max_files`` files opened for writing. It is the barrier against fork bombs when running as
    root.
-5. **Wall clock**: after ``timeout_s`` the whole process group gets SIGKILL.
+5. **Wall clock**: after ``timeout_s`` the whole process group gets SIGKILL; a watchdog thread
+   started before the limits also ends the process a second later, or as soon as its parent
+   (the reward worker that enforces the wall clock) is gone.
 
 Not guaranteed: this is not a security boundary against code crafted to escape it (a hook in the
 same interpreter can be defeated by deliberate introspection, and the process keeps the user's
@@ -138,7 +140,7 @@ def _verdict(outer: Path, nonce: str, total: int, timed_out: bool, returncode: i
 # executes the untrusted solution. It reads its payload from <outer>/payload.json (then deletes it,
 # so the solution cannot read the nonce) and writes one verdict line to <outer>/result.
 _RUNNER = r"""
-import json, os, resource, sys
+import json, os, resource, sys, threading, time
 
 
 def main():
@@ -182,6 +184,16 @@ def main():
     for name in ("ctypes", "ctypes._endian", "_ctypes"):
         sys.modules.pop(name, None)
     cut_network = None
+
+    # Ends this process on its own if the parent that enforces the wall clock is killed first.
+    parent, deadline = os.getppid(), time.monotonic() + limits["timeout_s"] + 1.0
+
+    def watchdog():
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os._exit(137)
+
+    threading.Thread(target=watchdog, daemon=True).start()
 
     cpu = max(1, int(limits["timeout_s"] + 0.999))
     for limit, value in (
