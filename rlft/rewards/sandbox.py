@@ -140,7 +140,7 @@ def _verdict(outer: Path, nonce: str, total: int, timed_out: bool, returncode: i
 # executes the untrusted solution. It reads its payload from <outer>/payload.json (then deletes it,
 # so the solution cannot read the nonce) and writes one verdict line to <outer>/result.
 _RUNNER = r"""
-import json, os, resource, sys, threading, time
+import json, os, resource, shutil, sys, threading, time
 
 
 def main():
@@ -185,15 +185,19 @@ def main():
         sys.modules.pop(name, None)
     cut_network = None
 
-    # Ends this process on its own if the parent that enforces the wall clock is killed first.
+    # Ends this process on its own if the parent that enforces the wall clock is killed first
+    # (then nobody else deletes the temporary directory: the watchdog does).
     parent, deadline = os.getppid(), time.monotonic() + limits["timeout_s"] + 1.0
 
     def watchdog():
         while os.getppid() == parent and time.monotonic() < deadline:
             time.sleep(0.1)
+        if os.getppid() != parent:
+            shutil.rmtree(outer, ignore_errors=True)
         os._exit(137)
 
-    threading.Thread(target=watchdog, daemon=True).start()
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
 
     cpu = max(1, int(limits["timeout_s"] + 0.999))
     for limit, value in (
@@ -228,6 +232,8 @@ def main():
         return full == work or full.startswith(work + sep)
 
     def hook(event, args):
+        if threading.get_ident() == guard.ident:
+            return
         if event in BLOCKED or event.startswith("socket.") or event == "ctypes.dlopen" and args[0]:
             raise PermissionError(f"sandbox: {event} is not allowed")
         if event == "import" and args[0].partition(".")[0] in BLOCKED_IMPORTS:
