@@ -139,6 +139,28 @@ def holdout_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list
     return sorted(order[num_held_out:]), sorted(order[:num_held_out])
 
 
+def read_rows(src: str, split: str = "train", subset: str | None = None) -> list[Row]:
+    """All rows of a local jsonl/parquet/csv file or of a hub dataset's ``split`` (for the
+    ``scripts/prepare_*.py`` preparers)."""
+    return _read_source(src, split if not is_file_source(src) else "train", subset, "--src")
+
+
+def write_rows(rows: list[Row], out: str | Path) -> Path:
+    """Write ``rows`` as jsonl, or parquet when ``out`` ends in ``.parquet``; returns the path."""
+    import pandas as pd
+
+    out = Path(out)
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"--out {str(out)!r}: write a .jsonl or .parquet file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows)
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_json(out, orient="records", lines=True, force_ascii=False)
+    return out
+
+
 def _read_source(path: str, split: str, subset: str | None, key: str) -> list[Row]:
     """All rows of a local file (its one split) or of a hub dataset's ``split``."""
     import datasets
@@ -307,17 +329,24 @@ class PromptSampler:
         self._rows = self._stream()
 
 
-def format_prompt(tokenizer: Any, text: str, cfg: DataConfig) -> str:
-    """The prompt as the model sees it: wrapped in the chat template, or raw."""
+def format_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], cfg: DataConfig) -> str:
+    """The prompt as the model sees it: text wrapped in the chat template as a user message (or
+    raw), or a conversation (a list of ``{"role", "content"}`` messages) rendered by the template."""
+    is_conversation = isinstance(prompt, list)
     if not cfg.apply_chat_template:
-        return text
+        if is_conversation:
+            raise ValueError(
+                "the prompt column holds chat messages, which need data.apply_chat_template=true"
+            )
+        return prompt
     if tokenizer.chat_template is None:
         raise ValueError(
             "data.apply_chat_template=true but the tokenizer has no chat template; "
             "set data.apply_chat_template=false for a base model"
         )
-    messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    messages.append({"role": "user", "content": text})
+    messages = list(prompt) if is_conversation else [{"role": "user", "content": prompt}]
+    if cfg.system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": cfg.system_prompt})
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
