@@ -245,3 +245,174 @@ def test_preference_data_columns_split_and_too_long(tiny_model_dir: Path, tmp_pa
     assert tokenizer.decode(train.examples[0].chosen_ids) == "7" + tokenizer.eos_token
     with pytest.raises(ValueError, match=r"data\.on_too_long=filter"):
         load_preference_data(replace(cfg, eval_fraction=0.0, on_too_long="error"), tokenizer, False, 32, 8)
+
+
+# --- scripts/prepare_*.py, on small local files in the layouts of the real datasets -------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_module(relative: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_prepare_gsm8k(tmp_path: Path) -> None:
+    src = _write_jsonl(
+        tmp_path / "gsm8k.jsonl",
+        [
+            {"question": "Tom has 3 apples...", "answer": "3 * 360 = <<3*360=1080>>1080\n#### 1,080"},
+            {"question": "How many?", "answer": "2 + 2 = 4\n#### 4"},
+        ],
+    )
+    _load_module("scripts/prepare_gsm8k.py").main(["--src", str(src), "--out", str(tmp_path / "out.jsonl")])
+    rows = _read_jsonl(tmp_path / "out.jsonl")
+    assert [(r["prompt"], r["answer"]) for r in rows] == [("Tom has 3 apples...", "1080"), ("How many?", "4")]
+    gsm8k = _load_module("rewards/gsm8k.py").gsm8k
+    assert gsm8k(["p"] * 2, ["so #### 1080", "The answer is 5."], [r["answer"] for r in rows]) == [1.0, 0.0]
+    _write_jsonl(src, [{"question": "q", "answer": "no final line"}])
+    with pytest.raises(ValueError, match="####"):
+        _load_module("scripts/prepare_gsm8k.py").main(["--src", str(src), "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_prepare_math_layouts(tmp_path: Path) -> None:
+    prepare = _load_module("scripts/prepare_math.py")
+    math_rows = [
+        {
+            "problem": "Half of 1?",
+            "solution": r"It is $\boxed{\frac{1}{2}}$.",
+            "level": "Level 3",
+            "type": "Algebra",
+        },
+        {"problem": "Easy", "solution": r"$\boxed{2}$", "level": "Level 1", "type": "Algebra"},
+    ]
+    src = _write_jsonl(tmp_path / "math.jsonl", math_rows)
+    out = tmp_path / "math_out.parquet"
+    prepare.main(["--src", str(src), "--levels", "3,4,5", "--out", str(out)])
+    rows = load_prompt_rows(DataConfig(path=str(out), eval_path=str(out)), "eval").rows
+    assert rows == [{"prompt": "Half of 1?", "answer": r"\frac{1}{2}", "level": "Level 3", "type": "Algebra"}]
+    assert prepare.convert({"problem": "p", "answer": "7", "subject": "x"}) == {
+        "prompt": "p",
+        "answer": "7",
+        "subject": "x",
+    }
+    dapo = {
+        "data_source": "math_dapo",
+        "prompt": [{"role": "user", "content": "Solve 1+1."}],
+        "reward_model": {"ground_truth": "2", "style": "rule"},
+    }
+    src = _write_jsonl(tmp_path / "dapo.jsonl", [dapo])
+    prepare.main(["--src", str(src), "--out", str(tmp_path / "dapo_out.jsonl")])
+    assert _read_jsonl(tmp_path / "dapo_out.jsonl") == [{"prompt": "Solve 1+1.", "answer": "2"}]
+    with pytest.raises(ValueError, match="unknown math layout"):
+        prepare.convert({"question": "q"})
+
+
+def test_prepare_countdown_generates_solvable_distinct_puzzles(tmp_path: Path) -> None:
+    prepare = _load_module("scripts/prepare_countdown.py")
+    evaluate = _load_module("rewards/countdown.py").evaluate
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    prepare.main(
+        ["--num", "200", "--test-num", "20", "--seed", "3", "--out", str(train), "--test-out", str(test)]
+    )
+    rows, held_out = _read_jsonl(train), _read_jsonl(test)
+    assert len(rows) == 200 and len(held_out) == 20
+    keys = {(r["target"], tuple(sorted(r["nums"]))) for r in rows + held_out}
+    assert len(keys) == 220  # distinct, and the held-out puzzles are not training ones
+    for row in rows + held_out:
+        assert 3 <= len(row["nums"]) <= 4 and all(1 <= n <= 99 for n in row["nums"])
+        assert 1 <= row["target"] <= 100
+        assert evaluate(row["solution"], row["nums"]) == row["target"]
+    again = tmp_path / "again.jsonl"
+    prepare.main(["--num", "200", "--seed", "3", "--out", str(again)])
+    assert _read_jsonl(again) == rows  # seeded
+    src = _write_jsonl(tmp_path / "tinyzero.jsonl", [{"target": 24, "nums": [3, 8, 1]}])
+    prepare.main(["--src", str(src), "--out", str(tmp_path / "copied.jsonl")])
+    assert _read_jsonl(tmp_path / "copied.jsonl") == [{"target": 24, "nums": [3, 8, 1]}]
+
+
+def _conversation(user: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def test_prepare_preference_ultrafeedback_layout(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from rlft.data.preference import load_preference_data
+
+    prepare = _load_module("scripts/prepare_preference.py")
+    rows = [
+        {
+            "prompt": "Say hi",
+            "prompt_id": "a",
+            "chosen": _conversation("Say hi", "Hi!"),
+            "rejected": _conversation("Say hi", "No."),
+            "score_chosen": 8.0,
+            "score_rejected": 2.0,
+        },
+        {  # a tie: skipped
+            "prompt": "Same",
+            "prompt_id": "b",
+            "chosen": _conversation("Same", "x"),
+            "rejected": _conversation("Same", "x"),
+            "score_chosen": 5.0,
+            "score_rejected": 5.0,
+        },
+    ]
+    src = _write_jsonl(tmp_path / "uf.jsonl", rows)
+    out = tmp_path / "uf_out.jsonl"
+    prepare.main(["--src", str(src), "--out", str(out)])
+    pairs = _read_jsonl(out)
+    assert pairs == [
+        {
+            "prompt": [{"role": "user", "content": "Say hi"}],
+            "chosen": [{"role": "assistant", "content": "Hi!"}],
+            "rejected": [{"role": "assistant", "content": "No."}],
+        }
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = load_preference_data(DataConfig(path=str(out)), tokenizer, False, 64, 16)
+    pair = data.examples[0]
+    assert tokenizer.decode(pair.prompt_ids).endswith("assistant\n")
+    assert tokenizer.decode(pair.chosen_ids) == "Hi!" + tokenizer.eos_token
+    prepare.main(["--src", str(src), "--format", "text", "--out", str(out)])
+    assert _read_jsonl(out) == [{"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."}]
+
+
+def test_prepare_preference_hh_layout(tmp_path: Path) -> None:
+    prepare = _load_module("scripts/prepare_preference.py")
+    context = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell me a joke"
+    rows = [
+        {
+            "chosen": context + "\n\nAssistant: Why did the chicken...",
+            "rejected": context + "\n\nAssistant: No.",
+        },
+        {
+            "chosen": "\n\nHuman: A\n\nAssistant: B",
+            "rejected": "\n\nHuman: C\n\nAssistant: D",
+        },  # no shared prompt
+    ]
+    src = _write_jsonl(tmp_path / "hh.jsonl", rows)
+    out = tmp_path / "hh_out.jsonl"
+    prepare.main(["--src", str(src), "--format", "text", "--out", str(out)])
+    assert _read_jsonl(out) == [
+        {"prompt": context + "\n\nAssistant:", "chosen": " Why did the chicken...", "rejected": " No."}
+    ]
+    prepare.main(["--src", str(src), "--out", str(out)])
+    [pair] = _read_jsonl(out)
+    assert pair["prompt"] == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Tell me a joke"},
+    ]
+    assert pair["chosen"] == [{"role": "assistant", "content": "Why did the chicken..."}]
+    with pytest.raises(ValueError, match="unknown preference layout"):
+        prepare.detect_layout({"prompt": "p", "chosen": "plain text", "rejected": "x"})
