@@ -1,7 +1,13 @@
 """Run directories and atomic checkpoints.
 
-A checkpoint is written into a temporary directory beside its final place and renamed into
-place only when complete, so a crash mid-write leaves the previous checkpoint as the newest.
+A checkpoint is written into a temporary directory beside its final place (``.tmp-step_N-*``),
+flushed to disk, and renamed into place (``step_N``) only when complete, so a crash mid-write
+leaves the previous checkpoint as the newest. Replacing a checkpoint of the same step (a run
+resumed from an older one) moves the old one aside (``.old-step_N-*``) before the new one is
+renamed in, and deletes it only then; deleting old checkpoints renames them away first
+(``.del-*``). Only ``step_*`` directories with a ``trainer_state.json`` count as checkpoints;
+:func:`recover` (run before resuming) puts back a checkpoint a crash left moved aside and
+removes the other leftovers.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,12 @@ from omegaconf import OmegaConf
 from rlft.config import RLFTConfig, TrainerConfig
 
 CKPT_PREFIX = "step_"
+_TMP, _OLD, _DEL = ".tmp-", ".old-", ".del-"
+PAUSE_ENV = "RLFT_TEST_CHECKPOINT_PAUSE"
+"""Test hook: ``<step>:<point>`` holds the writer of checkpoint ``step`` at ``point`` (``partial``:
+the learner's files are written, the checkpoint is not complete; ``replacing``: the old checkpoint
+of that step is moved aside, the new one not yet in place) for an hour, so that a test can kill the
+process there."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -32,32 +45,98 @@ def create_run_dir(cfg: RLFTConfig) -> Path:
     return run_dir
 
 
+def _complete(root: Path) -> list[Path]:
+    """The complete checkpoints under ``root``, oldest first."""
+    return sorted(p for p in root.glob(f"{CKPT_PREFIX}*") if (p / "trainer_state.json").is_file())
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run (temporary, half-written ones are ignored)."""
-    ckpts = sorted(checkpoint_dir(run_dir).glob(f"{CKPT_PREFIX}*"))
+    ckpts = _complete(checkpoint_dir(run_dir))
     return ckpts[-1] if ckpts else None
+
+
+def recover(run_dir: Path) -> None:
+    """Clean up after a crash while checkpointing: a checkpoint moved aside to be replaced goes
+    back in place if its replacement never arrived (else it is deleted), and half-written and
+    half-deleted directories are removed. Run it while nothing writes checkpoints."""
+    root = checkpoint_dir(run_dir)
+    for old in sorted(root.glob(f"{_OLD}*")):
+        final = root / old.name[len(_OLD) :].rsplit("-", 1)[0]
+        if (final / "trainer_state.json").is_file():
+            shutil.rmtree(old)
+        else:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(old, final)
+    for leftover in [*root.glob(f"{_TMP}*"), *root.glob(f"{_DEL}*")]:
+        shutil.rmtree(leftover)
 
 
 def save_checkpoint(
     run_dir: Path, step: int, trainer_state: dict[str, Any], write_learner: Any, keep: int
 ) -> Path:
     """Write a checkpoint of ``step`` atomically; ``write_learner(dir)`` stores the learner's part.
+    It also holds the trainer state and the run's resolved config.
 
-    Keeps the newest ``keep`` checkpoints and deletes older ones.
+    Keeps the newest ``keep`` checkpoints and deletes older ones. Checkpoints of later steps are
+    deleted too: they belong to the run this one rewound (by resuming from an older checkpoint),
+    whose log lines past the resumed step were dropped already.
     """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CKPT_PREFIX}{step:08d}"
-    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    tmp = root / f"{_TMP}{final.name}-{tag}"
     tmp.mkdir()
     write_learner(tmp)
+    _pause_for_test(step, "partial")
+    if (run_dir / "config.yaml").is_file():
+        shutil.copy2(run_dir / "config.yaml", tmp / "config.yaml")
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}))
-    if final.exists():  # a re-run of the same step after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(root.glob(f"{CKPT_PREFIX}*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    _fsync_tree(tmp)
+    if final.exists():  # a re-run of the same step after a resume: replace it, never losing it
+        old = root / f"{_OLD}{final.name}-{tag}"
+        os.replace(final, old)
+        _pause_for_test(step, "replacing")
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    ckpts = _complete(root)
+    later = [c for c in ckpts if c.name > final.name]
+    kept = [c for c in ckpts if c.name <= final.name]
+    for ckpt in later + (kept[:-keep] if keep > 0 else []):
+        gone = root / f"{_DEL}{ckpt.name}-{tag}"
+        os.replace(ckpt, gone)  # vanishes at once, never seen half-deleted
+        shutil.rmtree(gone, ignore_errors=True)
     return final
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory`` (and the directories) to disk, so the rename that
+    publishes the checkpoint never gets ahead of its contents after a power loss."""
+    for path in sorted(directory.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pause_for_test(step: int, point: str) -> None:
+    if os.environ.get(PAUSE_ENV) == f"{step}:{point}":
+        time.sleep(3600)
 
 
 def save_if_due(cfg: TrainerConfig, run_dir: Path, step: int, learner: Any, sampler: Any) -> None:
@@ -76,6 +155,8 @@ def save_if_due(cfg: TrainerConfig, run_dir: Path, step: int, learner: Any, samp
 
 def checkpoint_to_resume(resume: str, run_dir: Path) -> Path | None:
     """The checkpoint ``trainer.resume`` asks for: auto = newest in the run, never, or a directory."""
+    if resume != "never":
+        recover(run_dir)
     if resume == "never":
         if latest_checkpoint(run_dir) is not None:
             raise FileExistsError(
