@@ -1,0 +1,286 @@
+"""Steps 1-3 of an online RL step: draw prompts, generate a group of completions for each on the
+rollout workers, score them. Also the pipeline that runs these ahead of the learner
+(``trainer.async``).
+
+Generation is load-balanced: the prompts are cut into chunks of ``rollout.prompts_per_chunk``
+and each chunk goes to whichever rollout worker is free first (:meth:`Cluster.pull_map`); a
+chunk's seed depends only on its position, so the completions do not depend on which worker
+generated them, and they come back in prompt order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlft.algorithms import groups_with_signal, overlong_penalty
+from rlft.cluster import Cluster
+from rlft.config import RLFTConfig, SamplingConfig
+from rlft.data.prompts import PromptSampler, tokenize_prompts
+from rlft.learner.batch import Sample
+from rlft.rewards import RewardManager
+from rlft.rollout.engine import Completion
+
+
+@dataclass
+class RolloutContext:
+    """What a rollout needs, gathered once per session (the actors change after a restart)."""
+
+    cfg: RLFTConfig
+    cluster: Cluster
+    workers: list[Any]
+    sampler: PromptSampler
+    rewards: RewardManager | None
+    tokenizer: Any
+    reward_model: Any | None
+
+
+@dataclass
+class Rollout:
+    """Scored groups: ``len(prompts)`` prompts with G completions each, stored group-major."""
+
+    group_size: int
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    completions: list[Completion]
+    rewards: torch.Tensor
+    """[len(prompts) * G]; NaN = no reward function had an opinion."""
+    reward_metrics: dict[str, float]
+    timings: dict[str, float]
+    sampler_state: dict[str, Any] = field(default_factory=dict)
+    """The prompt sampler's state right after this rollout drew its prompts: what a checkpoint of
+    the step that trains on it stores (later rollouts may already be drawing, with trainer.async)."""
+
+    def groups(self, keep: torch.Tensor) -> Rollout:
+        """Only the groups where ``keep`` (one bool per group) is true."""
+        g = self.group_size
+        kept = keep.nonzero().flatten().tolist()
+        samples = [i * g + j for i in kept for j in range(g)]
+        return Rollout(
+            g,
+            [self.prompts[i] for i in kept],
+            [self.prompt_ids[i] for i in kept],
+            [self.completions[i] for i in samples],
+            self.rewards[samples],
+            self.reward_metrics,
+            self.timings,
+            self.sampler_state,
+        )
+
+    def extend(self, other: Rollout) -> Rollout:
+        """This rollout's groups, then ``other``'s (timings summed; reward metrics and sampler
+        state of ``other``)."""
+        timings = {k: self.timings.get(k, 0.0) + v for k, v in other.timings.items()}
+        return Rollout(
+            self.group_size,
+            self.prompts + other.prompts,
+            self.prompt_ids + other.prompt_ids,
+            self.completions + other.completions,
+            torch.cat([self.rewards, other.rewards]),
+            other.reward_metrics,
+            timings,
+            other.sampler_state,
+        )
+
+    def samples(self) -> list[Sample]:
+        g = self.group_size
+        return [
+            Sample(self.prompt_ids[i // g], c.token_ids, c.logprobs, r, i // g, c.policy_version)
+            for i, (c, r) in enumerate(zip(self.completions, self.rewards.tolist(), strict=True))
+        ]
+
+    def staleness(self, learner_version: int) -> torch.Tensor:
+        """Per sample: how many policy versions the learner is ahead of the weights that generated it."""
+        return torch.tensor(
+            [learner_version - c.policy_version for c in self.completions], dtype=torch.float32
+        )
+
+    def metrics(self, step_s: float) -> dict[str, float]:
+        lengths = torch.tensor([len(c.token_ids) for c in self.completions], dtype=torch.float32)
+        tokens = lengths.sum().item() + self.group_size * sum(map(len, self.prompt_ids))
+        valid = self.rewards[~self.rewards.isnan()]
+        stats = {
+            **self.reward_metrics,
+            **self.timings,
+            "reward/none_frac": 1 - len(valid) / len(self.rewards),
+            "response_len/mean": lengths.mean().item(),
+            "response_len/max": lengths.max().item(),
+            "response/truncated_frac": sum(c.finish_reason == "length" for c in self.completions)
+            / len(lengths),
+            "throughput/tokens_per_s": tokens / step_s,
+        }
+        if len(valid):
+            stats["reward/mean"] = valid.mean().item()
+            stats["reward/std"] = valid.std().item() if len(valid) > 1 else 0.0
+        return stats
+
+    def sample_rows(self, n: int) -> list[dict[str, Any]]:
+        """The first ``n`` completions, for samples.jsonl."""
+        return [
+            {
+                "prompt": self.prompts[i // self.group_size],
+                "completion": c.text,
+                "reward": r,
+                "policy_version": c.policy_version,
+            }
+            for i, (c, r) in enumerate(zip(self.completions[:n], self.rewards[:n].tolist(), strict=True))
+        ]
+
+
+class SamplerState:
+    """A prompt sampler's saved position, standing in for the sampler when a checkpoint is written."""
+
+    def __init__(self, state: dict[str, Any]):
+        self._state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+
+class RolloutPipeline:
+    """Hands out each step's rollout; with ``depth > 0`` (``trainer.async``) the rollouts of the
+    next ``depth`` steps are collected in a background thread while the learner trains.
+
+    :meth:`next` for step k first starts the rollouts up to step k + depth, then waits for step
+    k's. The rollout of step j is thus started during step j - depth, after the weights of
+    version j - 1 - depth were sent; actors run one call at a time, so each of its generate calls
+    runs with that version or a newer one, and the learner trains on it at version j - 1: at most
+    ``depth`` versions stale. In local mode the rollouts are collected in the calling thread when
+    they are started (same staleness, no overlap). ``depth = 0`` collects each step's rollout when
+    it is asked for (synchronous training).
+    """
+
+    def __init__(self, collect: Callable[[int], Rollout], depth: int, threaded: bool):
+        self._collect, self.depth = collect, depth
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="rollout") if threaded and depth else None
+        self._pending: deque[tuple[int, Future[Rollout]]] = deque()
+
+    def next(self, step: int, last_step: int) -> tuple[Rollout, float]:
+        """Step ``step``'s rollout and the seconds spent waiting for it."""
+        start = time.perf_counter()
+        if not self._pending:
+            self._pending.append((step, self._start(step)))
+        while self._pending[-1][0] < min(step + self.depth, last_step):
+            self._pending.append((self._pending[-1][0] + 1, self._start(self._pending[-1][0] + 1)))
+        pending_step, future = self._pending.popleft()
+        assert pending_step == step, (pending_step, step)
+        rollout = future.result()
+        return rollout, time.perf_counter() - start
+
+    def _start(self, step: int) -> Future[Rollout]:
+        if self._executor is not None:
+            return self._executor.submit(self._collect, step)
+        future: Future[Rollout] = Future()
+        future.set_result(self._collect(step))
+        return future
+
+    def close(self) -> None:
+        """Drop the rollouts not yet used and wait for the background thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+
+def collect(ctx: RolloutContext, step: int) -> Rollout:
+    """Steps 1-3 of the loop, repeated for DAPO dynamic sampling until enough groups have signal."""
+    cfg = ctx.cfg
+    want = cfg.data.global_prompts_per_step
+    dynamic = cfg.algorithm.dynamic_sampling
+    collected = None
+    for round_ in range(dynamic.max_rounds if dynamic.enabled else 1):
+        rollout = rollout_round(ctx, want, seed=(cfg.trainer.seed * 1_000_003 + step) * 100 + round_)
+        kept = rollout
+        if dynamic.enabled:
+            group_ids = torch.arange(len(rollout.prompts)).repeat_interleave(rollout.group_size)
+            signal = groups_with_signal(rollout.rewards, group_ids).view(-1, rollout.group_size)[:, 0]
+            kept = rollout.groups(signal)
+        collected = kept if collected is None else collected.extend(kept)
+        if len(collected.prompts) >= want:
+            break
+    if not collected.prompts:  # no group had signal in any round: train on the last (zero advantages)
+        collected = collected.extend(rollout)
+    collected = collected.groups(torch.arange(len(collected.prompts)) < want)
+    if dynamic.enabled:
+        collected.reward_metrics["dynamic_sampling/rounds"] = float(round_ + 1)
+    return collected
+
+
+def rollout_round(ctx: RolloutContext, n: int, seed: int) -> Rollout:
+    """Draw ``n`` prompts, generate a group for each, score every completion."""
+    cfg, g = ctx.cfg, ctx.cfg.algorithm.group_size
+    start = time.perf_counter()
+    rows = ctx.sampler.sample(n)
+    sampler_state = ctx.sampler.state_dict()
+    prompts = [row[cfg.data.prompt_column] for row in rows]
+    prompt_ids = tokenize_prompts(ctx.tokenizer, prompts, cfg.data, cfg.model.max_prompt_tokens)
+    groups = generate(
+        ctx.cluster, ctx.workers, prompt_ids, g, cfg.rollout.sampling, seed, cfg.rollout.prompts_per_chunk
+    )
+    completions = [c for group in groups for c in group]
+    rollout_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    columns = {k: [row[k] for row in rows for _ in range(g)] for k in ctx.sampler.columns}
+    columns.pop(cfg.data.prompt_column)
+    rewards, metrics = score(ctx, [p for p in prompts for _ in range(g)], completions, columns)
+    timings = {"timing/rollout_s": rollout_s, "timing/reward_s": time.perf_counter() - start}
+    return Rollout(g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state)
+
+
+def chunk_size(num_prompts: int, num_workers: int, prompts_per_chunk: int) -> int:
+    """``prompts_per_chunk``, or if 0 a quarter of each worker's share (everything with one worker)."""
+    if prompts_per_chunk:
+        return prompts_per_chunk
+    if num_workers == 1:
+        return max(num_prompts, 1)
+    return max(1, -(-num_prompts // (4 * num_workers)))
+
+
+def generate(
+    cluster: Cluster,
+    workers: list[Any],
+    prompt_ids: list[list[int]],
+    n: int,
+    sampling: SamplingConfig,
+    seed: int,
+    prompts_per_chunk: int = 0,
+) -> list[list[Completion]]:
+    """``n`` completions of each prompt, in prompt order. Chunk i is generated with seed
+    ``seed * 1000 + i`` by whichever worker is free first."""
+    size = chunk_size(len(prompt_ids), len(workers), prompts_per_chunk)
+    chunks = [(i, prompt_ids[lo : lo + size]) for i, lo in enumerate(range(0, len(prompt_ids), size))]
+    results = cluster.pull_map(
+        workers, lambda w, chunk: w.generate.remote(chunk[1], n, sampling, seed * 1_000 + chunk[0]), chunks
+    )
+    return [group for result in results for group in result]
+
+
+def score(
+    ctx: RolloutContext, prompts: list[str], completions: list[Completion], columns: dict[str, list]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reward functions' weighted sum + weighted reward-model score + DAPO overlong shaping."""
+    texts = [c.text for c in completions]
+    rewards = torch.full((len(texts),), float("nan"))
+    metrics: dict[str, float] = {}
+    if ctx.rewards is not None:
+        scores, metrics = ctx.rewards.score(prompts, texts, columns)
+        rewards = torch.tensor(scores, dtype=torch.float32)
+    if ctx.reward_model is not None:
+        rm = torch.tensor(ctx.cluster.get(ctx.reward_model.score.remote(prompts, texts)), dtype=torch.float32)
+        metrics["reward/model/mean"] = rm.mean().item()
+        rewards = torch.nan_to_num(rewards, nan=0.0) + ctx.cfg.reward.model.weight * rm
+    algo = ctx.cfg.algorithm
+    if algo.overlong_buffer_len > 0:
+        lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
+        penalty = overlong_penalty(
+            lengths, ctx.cfg.rollout.sampling.max_new_tokens, algo.overlong_buffer_len, algo.overlong_penalty
+        )
+        metrics["reward/overlong_penalty/mean"] = penalty.mean().item()
+        rewards = rewards + penalty
+    return rewards, metrics
