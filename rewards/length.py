@@ -7,12 +7,6 @@ Lengths are counted in characters, or in tokens when the parameter ``tokenizer``
 from functools import lru_cache
 from typing import Any
 
-import torch
-
-from rlft.algorithms.dapo import overlong_penalty
-from rlft.config import ModelConfig
-from rlft.modeling import load_tokenizer
-
 
 def length_penalty(
     prompts: list[str],
@@ -56,6 +50,10 @@ def dapo_overlong(
     ``algorithm.overlong_buffer_len`` (applied by the trainer to the sampled token ids); this
     function is for a penalty in characters, or against another length or tokenizer.
     """
+    import torch  # here, not at the top: length_penalty works without torch
+
+    from rlft.algorithms.dapo import overlong_penalty
+
     counted = torch.tensor(lengths(completions, tokenizer), dtype=torch.float64)
     return overlong_penalty(counted, max_length, buffer_length, penalty).tolist()
 
@@ -70,4 +68,7 @@ def lengths(completions: list[str], tokenizer: str | None) -> list[int]:
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str) -> Any:
+    from rlft.config import ModelConfig
+    from rlft.modeling import load_tokenizer
+
     return load_tokenizer(ModelConfig(path=path))

@@ -29,7 +29,7 @@ def math_answer(prompt: str, completion: str, answer: str) -> float:
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold = parse(_math_mode(expected), extraction_config=_CONFIGS, parsing_timeout=timeout)
     if not gold:
-        raise ValueError(f"math_answer: cannot parse the ground truth {answer!r}; check the 'answer' column")
+        raise ValueError(f"math_answer: no answer in the ground truth {answer!r}; check the 'answer' column")
     guess = parse(_math_mode(predicted), extraction_config=_CONFIGS, parsing_timeout=timeout)
     return float(bool(guess) and verify(gold, guess, timeout_seconds=timeout))
 

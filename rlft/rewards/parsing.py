@@ -7,6 +7,8 @@ final one. All return ``None`` when there is nothing to extract.
 import re
 from fractions import Fraction
 
+MAX_NUMBER_CHARS = 100
+"""Longer digit strings are not read as numbers."""
 _HASH_ANSWER = re.compile(r"####[ \t]*([^\n]*)")
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
 
@@ -58,9 +60,10 @@ def last_number(text: str) -> str | None:
 def to_number(text: str) -> Fraction | None:
     """The first number in ``text`` as an exact Fraction, ignoring ``$`` and thousands commas.
 
-    ``"$1,234.50"`` -> 2469/2, ``"72.0 apples"`` -> 72; None if ``text`` holds no number.
+    ``"$1,234.50"`` -> 2469/2, ``"72.0 apples"`` -> 72, ``"７２"`` (Unicode digits) -> 72; None if
+    ``text`` holds no number or one longer than ``MAX_NUMBER_CHARS`` (no answer is that long).
     """
     match = _NUMBER.search(text)
-    if match is None:
+    if match is None or len(match.group(0)) > MAX_NUMBER_CHARS:
         return None
     return Fraction(match.group(0).replace("$", "").replace(",", ""))

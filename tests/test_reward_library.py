@@ -1,0 +1,323 @@
+"""The reward library in rewards/: right and wrong answers, and adversarial completions.
+
+Each function is loaded by path, as a user's config references it. The expected values are worked
+out by hand from the function's docstring.
+"""
+
+import glob
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from rlft.rewards import RewardManager, load_reward_function
+from rlft.rewards.sandbox import SandboxLimits, run_tests
+
+ROOT = Path(__file__).resolve().parents[1]
+HUGE = "x" * 1_000_000  # a 1 MB completion
+
+
+def short_id(value: object) -> str:
+    """Test ids without megabytes of parameter."""
+    text = repr(value)
+    return text if len(text) < 40 else f"{text[:30]}...({len(text)} chars)"
+
+
+def score(spec: str, completions: list[str], **columns) -> list[float]:
+    """Load ``rewards/<spec>`` and score ``completions`` in this thread (no manager, no timeout)."""
+    fn = load_reward_function(f"rewards/{spec}", search_dirs=[ROOT])
+    return fn([""] * len(completions), completions, {k: v * len(completions) for k, v in columns.items()})
+
+
+# --- math_answer -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        (r"so the answer is $\boxed{\frac{1}{2}}$.", "0.5", 1.0),
+        (r"\boxed{0.5}", r"\frac{1}{2}", 1.0),
+        (r"<answer>x = 3</answer>", "3", 1.0),
+        ("The total is\n#### 72", "#### 72", 1.0),
+        (r"\boxed{\sqrt{2}/2}", r"\frac{\sqrt{2}}{2}", 1.0),
+        (r"\boxed{(1,2]}", r"(1,2]", 1.0),
+        (r"\boxed{3}", "4", 0.0),
+        (r"\boxed{[1,2]}", r"(1,2]", 0.0),
+        ("the answer is 0.5", "0.5", 0.0),  # no boxed / <answer> / ####: no answer
+        ("", "0.5", 0.0),
+        (r"\boxed{1} no wait \boxed{2}", "2", 1.0),  # several answers: the last counts
+        (r"\boxed{1} no wait \boxed{2}", "1", 0.0),
+        (HUGE + r"\boxed{7}", "7", 1.0),
+        (HUGE, "7", 0.0),
+        (r"答案是 $\boxed{3}$ ✓", "3", 1.0),
+        (r"\boxed{日本}", "3", 0.0),
+        (r"\boxed{\frac{1}{", "1", 0.0),  # malformed LaTeX
+        (r"\boxed{\frac{1}{2}", "0.5", 0.0),  # unclosed boxed
+        (r"\boxed{}", "0", 0.0),
+        (r"\boxed{\frac{1}{}}", "1", 0.0),
+        ("\\boxed{" * 1000 + "3", "3", 0.0),
+    ],
+    ids=short_id,
+)
+def test_math_answer(completion, answer, expected):
+    assert score("math_answer.py:math_answer", [completion], answer=[answer]) == [expected]
+
+
+def test_math_answer_empty_ground_truth_is_an_error_not_a_zero():
+    fn = load_reward_function("rewards/math_answer.py:math_answer", search_dirs=[ROOT])
+    (result,) = fn([""], [r"\boxed{3}"], {"answer": [" "]})
+    assert result.kind == "raised" and "ground truth" in result.message
+
+
+# --- gsm8k -----------------------------------------------------------------------------------------
+
+GSM8K_TRUTH = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n48+24 = <<48+24=72>>72\n#### 72"
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("She sold 48 + 24 clips.\n#### 72", GSM8K_TRUTH, 1.0),
+        (r"The answer is \boxed{72}.", GSM8K_TRUTH, 1.0),
+        ("48 + 24 = 72", GSM8K_TRUTH, 1.0),  # last number
+        ("#### $1,080.00", "1080", 1.0),
+        ("#### 72.0 clips", "72", 1.0),
+        ("#### -3", "-3", 1.0),
+        ("#### 71", GSM8K_TRUTH, 0.0),
+        ("72 clips, so #### 73", GSM8K_TRUTH, 0.0),  # the marker wins over the last number
+        ("#### 73\n#### 72", "72", 1.0),  # several markers: the last counts
+        ("no idea", "72", 0.0),
+        ("", "72", 0.0),
+        (HUGE + " 72", "72", 1.0),
+        ("1" * 1_000_000, "72", 0.0),
+        ("答えは ７２ です", "72", 1.0),  # full-width digits are digits
+        ("答えは 72 です", "72", 1.0),
+        (r"\boxed{\frac{72}{", "72", 1.0),  # unclosed boxed: falls back to the last number
+    ],
+    ids=short_id,
+)
+def test_gsm8k(completion, answer, expected):
+    assert score("gsm8k.py:gsm8k", [completion], answer=[answer]) == [expected]
+
+
+def test_gsm8k_strict_needs_a_marker():
+    fn = load_reward_function("rewards/gsm8k.py:gsm8k", search_dirs=[ROOT]).with_params({"strict": True})
+    assert fn(["", ""], ["48 + 24 = 72", "#### 72"], {"answer": ["72", "72"]}) == [0.0, 1.0]
+
+
+# --- countdown -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<think>93-43=50, +1</think>\n<answer>(93 - 43) + 1</answer>", 1.0),
+        ("<answer>1 + 93 - 43</answer>", 1.0),
+        ("<answer>(93 - 43) * 1</answer>", 0.1),  # well formed, wrong value
+        ("<answer>93 - 43</answer>", 0.1),  # a number unused
+        ("<answer>93 - 43 + 1 + 1</answer>", 0.1),  # a number used twice
+        ("<answer>93 - 42 + 0</answer>", 0.1),  # numbers not given
+        ("<answer>(93 - 43) / (1 - 1)</answer>", 0.1),  # division by zero
+        ("<answer>93 ** 1 - 43</answer>", 0.1),  # operator not allowed
+        ("<answer>__import__('os').system('echo hi')</answer>", 0.1),  # never evaluated
+        ("<answer>93 - 43 + 1.0</answer>", 0.1),  # not an integer
+        ("<answer>93 − 43 + 1</answer>", 0.1),  # unicode minus
+        ("<answer>" + "(" * 300 + "1" + ")" * 300 + "</answer>", 0.1),
+        ("<answer>" + "1+" * 5_000 + "1</answer>", 0.1),  # too long to parse
+        ("(93 - 43) + 1", 0.0),  # no answer tags
+        ("", 0.0),
+        (HUGE, 0.0),
+        ("<answer>1</answer> then <answer>(93 - 43) + 1</answer>", 1.0),  # the last one counts
+        ("<answer>(93 - 43) + 1</answer> then <answer>1</answer>", 0.1),
+    ],
+    ids=short_id,
+)
+def test_countdown(completion, expected):
+    assert score("countdown.py:countdown", [completion], target=[51], nums=[[93, 43, 1]]) == [expected]
+
+
+def test_countdown_division_is_exact():
+    # 100 / 3 * 3 is 100 exactly; in floats it would be 100.00000000000001.
+    got = score("countdown.py:countdown", ["<answer>100 / 3 * 3</answer>"], target=[100], nums=[[100, 3, 3]])
+    assert got == [1.0]
+
+
+# --- format ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion", "expected"),
+    [
+        ("", "<think>reasoning</think>\n<answer>42</answer>", 1.0),
+        ("", "  <think>a\nb</think><answer>42</answer>\n", 1.0),
+        ("... Assistant: <think>", "reasoning</think> <answer>42</answer>", 1.0),  # pre-filled
+        ("", "<answer>42</answer>", 0.0),
+        ("", "<think>a</think>", 0.0),
+        ("", "<answer>42</answer><think>a</think>", 0.0),
+        ("", "preamble <think>a</think><answer>42</answer>", 0.0),
+        ("", "<think>a</think><answer>42</answer> trailing", 0.0),
+        ("", "<think>a</think><answer>1</answer><answer>2</answer>", 0.0),  # two answers
+        ("", "<think><think>a</think><answer>1</answer>", 0.0),
+        ("", "", 0.0),
+        ("", "<think>" + HUGE + "</think><answer>1</answer>", 1.0),
+        ("", "<think>" + HUGE, 0.0),
+        ("", "<think>思考 ✓</think><answer>答え</answer>", 1.0),
+    ],
+    ids=short_id,
+)
+def test_think_answer_format(prompt, completion, expected):
+    fn = load_reward_function("rewards/format.py:think_answer_format", search_dirs=[ROOT])
+    assert fn([prompt], [completion], {}) == [expected]
+
+
+def test_regex_match_from_params_or_column():
+    fn = load_reward_function("rewards/format.py:regex_match", search_dirs=[ROOT])
+    assert fn.required_columns == {"pattern"}
+    completions = ["123", "a12", "", HUGE, "日本 42"]
+    bound = fn.with_params({"pattern": r"\d+"})
+    assert bound.required_columns == set()
+    assert bound([""] * 5, completions, {}) == [1.0, 1.0, 0.0, 0.0, 1.0]
+    full = fn.with_params({"pattern": r"\d+", "mode": "fullmatch"})
+    assert full([""] * 5, completions, {}) == [1.0, 0.0, 0.0, 0.0, 0.0]
+    per_sample = fn(["", ""], ["abc", "abc"], {"pattern": ["^a", "^b"]})
+    assert per_sample == [1.0, 0.0]
+    (bad,) = fn.with_params({"pattern": "("})([""], ["x"], {})
+    assert bad.kind == "raised" and "missing )" in bad.message
+
+
+# --- length ----------------------------------------------------------------------------------------
+
+
+def test_length_penalty():
+    fn = load_reward_function("rewards/length.py:length_penalty", search_dirs=[ROOT])
+    lengths = ["a" * 5, "a" * 10, "a" * 20, "", "é" * 10]
+    assert fn.with_params({"target_length": 10})([""] * 5, lengths, {}) == [-0.5, 0.0, -1.0, -1.0, 0.0]
+    longer = fn.with_params({"target_length": 10, "only_longer": True, "scale": 2.0})
+    assert longer([""] * 5, lengths, {}) == [0.0, 0.0, -2.0, 0.0, 0.0]
+    assert longer([""], [HUGE], {}) == [-2.0 * (1_000_000 - 10) / 10]
+
+
+def test_length_penalty_in_tokens(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    text = "hello world, hello tokens"
+    n_tokens = len(AutoTokenizer.from_pretrained(tiny_model_dir)(text, add_special_tokens=False)["input_ids"])
+    fn = load_reward_function("rewards/length.py:length_penalty", search_dirs=[ROOT])
+    fn = fn.with_params({"target_length": n_tokens, "tokenizer": str(tiny_model_dir)})
+    assert n_tokens != len(text) and fn([""], [text], {}) == [0.0]
+
+
+def test_dapo_overlong_matches_eq_13():
+    # L_max = 10, L_cache = 4: no penalty up to 6, then (6 - |y|) / 4, and -1 from 10 on.
+    fn = load_reward_function("rewards/length.py:dapo_overlong", search_dirs=[ROOT])
+    fn = fn.with_params({"max_length": 10, "buffer_length": 4, "penalty": 0.5})
+    got = fn([""] * 5, ["a" * n for n in (0, 6, 7, 10, 1000)], {})
+    assert got == pytest.approx([0.0, 0.0, -0.125, -0.5, -0.5])
+
+
+# --- code_tests and the sandbox --------------------------------------------------------------------
+
+SOLUTION = "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+ADVERSARIAL_CODE = {
+    "loops forever": "while True:\n    pass",
+    "sleeps": "import time\ntime.sleep(60)",
+    "fork bomb": "import os\nwhile True:\n    os.fork()",
+    "subprocess": "import subprocess\nsubprocess.run(['sleep', '60'])",
+    "huge memory": "x = bytearray(8 << 30)",
+    "opens a socket": "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)",
+    "writes a big file": "with open('big', 'wb') as f:\n    f.write(b'0' * (64 << 20))",
+    "writes many files": "for i in range(1000):\n    open(f'f{i}', 'w').write('x')",
+    "writes outside": "open('/tmp/rlft-sandbox-escape', 'w').write('x')",
+    "kills its parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+    "native fork": "import ctypes\nctypes.CDLL(None).fork()",
+    "exits 0 early": "import sys\nsys.exit(0)",
+    "os._exit(0)": "import os\nos._exit(0)",
+    "prints success": "print('all tests passed')\ndef add(a, b):\n    return 0",
+}
+
+
+def fenced(code: str) -> str:
+    return f"```python\n{code}\n```"
+
+
+def code_fn(timeout_s: float = 1.0):
+    fn = load_reward_function("rewards/code.py:code_tests", search_dirs=[ROOT])
+    return fn.with_params({"timeout_s": timeout_s, "memory_mb": 512})
+
+
+def test_code_tests_scores_passing_fraction():
+    fn = code_fn()
+    tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 5"]
+    got = fn(
+        ["", "", "", ""], [SOLUTION, SOLUTION, "no code here", ""], {"tests": [tests[0], tests, tests, tests]}
+    )
+    assert got == [1.0, pytest.approx(2 / 3), 0.0, 0.0]
+
+
+def test_code_extraction_prefers_the_last_python_block():
+    fn = code_fn()
+    two = fenced("def add(a, b):\n    return 0") + "\nfixed:\n" + fenced("def add(a, b):\n    return a + b")
+    untagged = "```\ndef add(a, b):\n    return a + b\n```"
+    unicode = fenced("def add(a, b):\n    # 足し算 ✓\n    return a + b")
+    huge = HUGE + SOLUTION
+    got = fn([""] * 4, [two, untagged, unicode, huge], {"tests": ["assert add(1, 2) == 3"] * 4})
+    assert got == [1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL_CODE), ids=short_id)
+def test_adversarial_code_scores_zero(name):
+    start = time.monotonic()
+    result = run_tests(
+        ADVERSARIAL_CODE[name], ["assert add(1, 2) == 3"], SandboxLimits(timeout_s=1, memory_mb=512)
+    )
+    assert (result.passed, result.status != "passed") == (0, True)
+    assert time.monotonic() - start < 5
+    assert not Path("/tmp/rlft-sandbox-escape").exists()
+
+
+def test_sandbox_statuses_and_isolation():
+    limits = SandboxLimits(timeout_s=1, memory_mb=512)
+    assert run_tests("while True: pass", ["pass"], limits).status == "timeout"
+    assert run_tests("import os\nos._exit(0)", ["pass"], limits).status == "crashed"
+    fork = run_tests("import os\nos.fork()", ["pass"], limits)
+    assert (fork.status, "os.fork is not allowed" in fork.detail) == ("failed", True)
+    ok = run_tests("open('x', 'w').write('hi')", ["assert open('x').read() == 'hi'"], limits)
+    assert ok.status == "passed"
+    assert ok.network in ("netns", "userns+netns", "hook")
+    assert not glob.glob("/tmp/rlft-sandbox-*/work/x")  # the working directory is gone
+
+
+def test_adversarial_code_through_the_manager_the_run_goes_on(tmp_path):
+    """Every adversarial sample scores 0 (failure_reward) and the good ones still score 1, twice."""
+    completions = [SOLUTION, *(fenced(code) for code in ADVERSARIAL_CODE.values()), SOLUTION]
+    n = len(completions)
+    rm = RewardManager(
+        ["rewards/code.py:code_tests"],
+        search_dirs=[ROOT],
+        params={"code_tests": {"timeout_s": 1.0, "memory_mb": 512}},
+        timeout_s=10.0,
+        max_concurrency=2,
+    )
+    with rm:
+        for _ in range(2):
+            rewards, metrics = rm.score([""] * n, completions, {"tests": ["assert add(1, 2) == 3"] * n})
+            assert rewards == [1.0] + [0.0] * (n - 2) + [1.0]
+            assert metrics["reward/errors"] == metrics["reward/timeouts"] == 0
+
+
+def test_manager_kills_a_hanging_math_check(tmp_path):
+    """sympy can take minutes on some answers; the call is killed at reward.timeout_s."""
+    rm = RewardManager(
+        ["rewards/math_answer.py:math_answer"], search_dirs=[ROOT], timeout_s=1.0, failure_reward=-1.0
+    )
+    with rm:
+        start = time.monotonic()
+        rewards, metrics = rm.score(
+            ["", "", ""], [r"\boxed{2}", r"\boxed{10^{10^{10}}}", r"\boxed{3}"], {"answer": ["2", "1", "4"]}
+        )
+        assert rewards == [1.0, -1.0, 0.0]
+        assert metrics["reward/math_answer/timeouts"] == 1
+        assert time.monotonic() - start < 20
+        rewards, _ = rm.score([""], [r"\boxed{\frac{1}{2}}"], {"answer": ["0.5"]})  # a new worker
+        assert rewards == [1.0] and not math.isnan(rewards[0])
