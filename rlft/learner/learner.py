@@ -112,6 +112,12 @@ class Learner:
             sizes = [min(mini_size, len(samples) - lo) for lo in range(0, len(samples), mini_size)]
             shard = Shard(list(range(len(samples))), sizes, len(samples))
         batch = self._prepare(collate(samples, self.pad_token_id).to(self.device), shard)
+        if self.algo.tis_cap == 0 and any(s.policy_version < self.policy_version for s in samples):
+            # Stale samples (trainer.async) without TIS: the PPO ratio is taken against the
+            # sampler's log-probs (the behaviour policy), whose clip bounds the off-policy update.
+            # With algorithm.tis_cap > 0 "old" stays the learner's current policy and the truncated
+            # IS weights pi_old / pi_sampler correct for the staleness (decoupled PPO) instead.
+            batch = replace(batch, old_logprobs=batch.sampler_logprobs)
         totals: dict[str, float] = {}
         for _ in range(self.algo.epochs_per_step):
             lo = 0
