@@ -1,5 +1,5 @@
-"""The ``rlft`` command: ``rlft train [recipe=<name>] [group=option] [key=value ...]`` and
-``rlft export <checkpoint> --to <dir>``.
+"""The ``rlft`` command: ``rlft train [recipe=<name>] [group=option] [key=value ...]``,
+``rlft eval <checkpoint or model> [overrides]`` and ``rlft export <checkpoint> --to <dir>``.
 
 Configs are composed with Hydra from ``conf/`` (plus ``recipes/<name>.yaml`` as the ``recipe``
 group) and validated against the dataclasses in :mod:`rlft.config` before anything starts.
@@ -8,6 +8,7 @@ group) and validated against the dataclasses in :mod:`rlft.config` before anythi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -43,6 +44,24 @@ def load_config(overrides: list[str]) -> RLFTConfig:
         _reject_unknown_keys(composed, OmegaConf.structured(RLFTConfig))
         cfg = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err)) from err
+    assert isinstance(cfg, RLFTConfig)
+    try:
+        validate(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return cfg
+
+
+def load_run_config(path: Path, overrides: list[str]) -> RLFTConfig:
+    """A run's saved ``config.yaml`` with ``key=value`` overrides, validated like :func:`load_config`."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        saved = OmegaConf.load(path)
+        merged = OmegaConf.merge(OmegaConf.structured(RLFTConfig), saved, OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from err
     assert isinstance(cfg, RLFTConfig)
     try:
@@ -94,6 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint", help="a checkpoint directory, e.g. runs/x/checkpoints/step_00000100"
     )
     export_parser.add_argument("--to", required=True, help="new directory for the model and tokenizer")
+    eval_parser = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint or a model: mean@k and pass@k on held-out prompts",
+        description="A checkpoint is evaluated with its run's config.yaml plus key=value overrides; "
+        "a model directory or hub id with the config composed from conf/ plus Hydra overrides. "
+        "The rows are the data config's eval split (e.g. data.eval_size=64 for builtin tasks). "
+        "Example: rlft eval runs/quickstart/checkpoints/step_00000200 data.eval_size=64 eval.k=8",
+    )
+    eval_parser.add_argument("model", help="a checkpoint directory, a model directory or a hub id")
+    eval_parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.k=8")
+    eval_parser.add_argument("--output", help="also write the metrics to this JSON file")
     args = parser.parse_args(argv)
     if args.command == "export":
         from rlft.export import export_checkpoint
@@ -106,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "eval":
+        return _evaluate(args.model, args.overrides, args.output)
     try:
         cfg = load_config(args.overrides)
     except ConfigError as err:
@@ -127,6 +159,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _evaluate(model: str, overrides: list[str], output: str | None) -> int:
+    """``rlft eval``: print the metrics as JSON (and write them to ``output``)."""
+    from rlft.evaluation import evaluate_checkpoint, evaluate_model
+    from rlft.trainers.online import PROJECT_ROOT
+
+    path = Path(model)
+    checkpoint = (path / "trainer_state.json").is_file()
+    try:
+        if checkpoint:  # <run>/checkpoints/step_N -> <run>/config.yaml
+            cfg = load_run_config(path.parent.parent / "config.yaml", overrides)
+        else:
+            cfg = load_config([*overrides, f"model.path={model}"])
+    except (ConfigError, OSError) as err:
+        print(f"rlft: config error: {err}", file=sys.stderr)
+        return 2
+    try:
+        if checkpoint:
+            metrics = evaluate_checkpoint(path, cfg, [PROJECT_ROOT])
+        else:
+            metrics = evaluate_model(cfg, [PROJECT_ROOT])
+    except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
+        print(f"rlft: error: {err}", file=sys.stderr)
+        return 2
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if output:
+        Path(output).write_text(text + "\n")
     return 0
 
 
