@@ -4,6 +4,7 @@ import logging
 import math
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,186 @@ def test_bad_outputs_fail_only_their_samples(tmp_path, caplog, source, values, k
     assert rewards == values
     assert metrics["reward/f/errors"] == values.count(-1.0)
     assert len(caplog.records) == 1 and kind in caplog.text
+
+
+# --- parameters (reward.params) --------------------------------------------------------------------
+
+PARAMETRISED = """
+    def scaled(prompts, completions, answer, scale, offset=0.0):
+        return [scale * (c == a) + offset for c, a in zip(completions, answer)]
+
+    def anything(prompt, completion, **columns):
+        return columns.get("bonus", 0.0)
+    """
+
+
+def test_params_bind_constants_and_replace_required_columns(tmp_path):
+    rm = manager(
+        tmp_path,
+        PARAMETRISED,
+        ["scaled", "anything"],
+        params={"scaled": {"scale": 2.0}, "anything": {"bonus": 1}},
+    )
+    with rm:
+        assert rm.functions[0].required_columns == {"answer"}
+        rm.check_columns(["answer"])
+        rewards, _ = rm.score(PROMPTS, COMPLETIONS, {"answer": ["a", "x", "ccc"], "scale": [9, 9, 9]})
+    assert rewards == [3.0, 1.0, 3.0]  # the parameter wins over a column of the same name
+
+
+@pytest.mark.parametrize(
+    ("params", "pattern"),
+    [
+        (
+            {"scaled": {"scael": 1.0}},
+            r"reward\.params\.scaled sets \['scael'\].*parameters are \['answer', 'offset', 'scale'\]",
+        ),
+        ({"scaled": {"prompts": []}}, r"sets \['prompts'\]"),
+        (
+            {"scaled_2": {"scale": 1.0}},
+            r"\['scaled_2'\], which are not among the reward functions \['scaled'\]",
+        ),
+    ],
+)
+def test_bad_params_fail_at_start(tmp_path, params, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        manager(tmp_path, PARAMETRISED, ["scaled"], params=params)
+
+
+def test_from_config_with_replaced_functions_ignores_params_of_others(tmp_path):
+    from rlft.config import RewardConfig
+
+    path = write(tmp_path / "rewards.py", PARAMETRISED)
+    cfg = RewardConfig(
+        functions=[f"{path}:scaled"], params={"scaled": {"scale": 3.0}}, timeout_s=5.0, executor="thread"
+    )
+    with RewardManager.from_config(cfg) as rm:
+        assert rm.score(["p"], ["a"], {"answer": ["a"]})[0] == [3.0]
+        assert (rm.timeout_s, type(rm.executor).__name__) == (5.0, "ThreadExecutor")
+    with RewardManager.from_config(cfg, functions=[f"{path}:anything"]) as rm:
+        assert rm.score(["p"], ["a"], {})[0] == [0.0]
+
+
+# --- concurrency and timeouts ----------------------------------------------------------------------
+
+HANGING = """
+    import asyncio
+    import os
+    import time
+
+    def busy(prompt, completion):
+        while completion == "hang":
+            pass
+        return float(len(completion))
+
+    def sleepy(prompt, completion):
+        if completion == "hang":
+            time.sleep(30)
+        return float(len(completion))
+
+    def batch_hang(prompts, completions):
+        time.sleep(30)
+
+    def dies(prompt, completion):
+        if completion == "die":
+            os._exit(3)
+        return 1.0
+
+    def nap(prompt, completion):
+        time.sleep(0.5)
+        return 1.0
+
+    async def anap(prompt, completion):
+        await asyncio.sleep(0.5)
+        return 2.0
+
+    async def ahang(prompt, completion):
+        await asyncio.sleep(30 if completion == "hang" else 0)
+        return 1.0
+
+    async def blocks(prompt, completion):
+        time.sleep(3)
+        return 1.0
+
+    def columns_of(prompt, completion, thing):
+        return 1.0
+    """
+
+
+@pytest.mark.parametrize(
+    ("executor", "name"), [("process", "busy"), ("thread", "sleepy"), ("process", "ahang")]
+)
+def test_a_hanging_call_times_out_and_the_run_goes_on(tmp_path, caplog, executor, name):
+    """The hanging sample gets failure_reward and counts in timeouts; the others and the next
+    call are unaffected (process: the worker was killed and is replaced)."""
+    rm = manager(
+        tmp_path, HANGING, [name], failure_reward=-1.0, timeout_s=1.0, executor=executor, max_concurrency=2
+    )
+    with rm, caplog.at_level(logging.ERROR, logger="rlft.rewards"):
+        rewards, metrics = rm.score(["p"] * 3, ["ab", "hang", "abc"], {})
+        assert rewards in ([2.0, -1.0, 3.0], [1.0, -1.0, 1.0])
+        counts = (metrics[f"reward/{name}/timeouts"], metrics["reward/timeouts"], metrics["reward/errors"])
+        assert counts == (1, 1, 0)
+        assert "reward.timeout_s=1 s" in caplog.text and f"reward/{name}/timeouts" in caplog.text
+        rewards, metrics = rm.score(["p"], ["abcd"], {})
+        assert rewards in ([4.0], [1.0]) and metrics["reward/timeouts"] == 0
+    if name == "busy":
+        assert rm.executor.killed == 1
+
+
+def test_a_batch_call_that_times_out_fails_all_its_samples(tmp_path):
+    with manager(tmp_path, HANGING, ["batch_hang", "nap"], timeout_s=1.0, failure_reward=-1.0) as rm:
+        rewards, metrics = rm.score(PROMPTS, COMPLETIONS, {})
+    assert rewards == [0.0, 0.0, 0.0]  # -1 from batch_hang + 1 from nap
+    assert metrics["reward/batch_hang/timeouts"] == 3
+
+
+def test_a_worker_that_dies_fails_only_its_call(tmp_path, caplog):
+    rm = manager(tmp_path, HANGING, ["dies"], failure_reward=-1.0, max_concurrency=1)
+    with rm, caplog.at_level(logging.ERROR, logger="rlft.rewards"):
+        rewards, metrics = rm.score(["p"] * 3, ["ok", "die", "ok"], {})
+    assert rewards == [1.0, -1.0, 1.0] and metrics["reward/dies/errors"] == 1
+    assert "worker process died during the call (exit code 3)" in caplog.text
+
+
+def test_calls_run_concurrently_sync_and_async_together(tmp_path):
+    """8 per-sample calls of 0.5 s each, sync and async, with 4 in flight of each kind: about 0.5 s."""
+    with manager(tmp_path, HANGING, ["nap", "anap"], executor="thread", max_concurrency=4) as rm:
+        start = time.perf_counter()
+        rewards, metrics = rm.score(["p"] * 4, ["a"] * 4, {})
+        elapsed = time.perf_counter() - start
+    assert rewards == [3.0] * 4
+    assert elapsed < 1.5, elapsed  # sequential: 4.0 s
+    assert metrics["timing/reward/nap_s"] == pytest.approx(2.0, abs=0.5)  # summed call time
+
+
+def test_process_workers_run_calls_in_parallel(tmp_path):
+    with manager(tmp_path, HANGING, ["nap"], max_concurrency=2) as rm:
+        rm.score(["p"] * 2, ["a"] * 2, {})  # starts the two workers
+        start = time.perf_counter()
+        assert rm.score(["p"] * 4, ["a"] * 4, {})[0] == [1.0] * 4
+        assert time.perf_counter() - start < 1.8  # sequential: 2.0 s, two at a time: 1.0 s
+
+
+def test_an_async_function_that_blocks_its_loop_times_out(tmp_path, caplog):
+    rm = manager(tmp_path, HANGING, ["blocks"], timeout_s=0.2, max_concurrency=1, failure_reward=-1.0)
+    with rm, caplog.at_level(logging.ERROR, logger="rlft.rewards"):
+        rewards, metrics = rm.score(["p"], ["a"], {})
+    assert rewards == [-1.0] and metrics["reward/blocks/timeouts"] == 1
+    assert "blocks the event loop" in caplog.text
+
+
+def test_unpicklable_arguments_fail_their_call_only(tmp_path):
+    with manager(tmp_path, HANGING, ["columns_of"], failure_reward=-1.0) as rm:
+        rewards, metrics = rm.score(["p", "p"], ["a", "b"], {"thing": [1, lambda: 0]})
+    assert rewards == [1.0, -1.0] and metrics["reward/columns_of/errors"] == 1
+
+
+def test_verl_file_through_the_manager(tmp_path):
+    source = """
+        def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+            return {"score": float(solution_str.strip() == ground_truth), "extra": data_source}
+        """
+    with manager(tmp_path, source, ["compute_score"]) as rm:
+        rewards, _ = rm.score(["p", "p"], ["4", "5"], {"ground_truth": ["4", "4"], "data_source": ["x", "y"]})
+    assert rewards == [1.0, 0.0]

@@ -289,7 +289,7 @@ class AsyncJobs:
         self.functions, self.jobs = functions, jobs
         self.max_concurrency, self.timeout_s = max_concurrency, timeout_s
         self.results = [_timed_out(functions[i], kwargs, timeout_s) for i, kwargs in jobs]
-        self.budget_s = timeout_s * math.ceil(len(jobs) / max_concurrency) + 5.0
+        self.budget_s = timeout_s * math.ceil(len(jobs) / max_concurrency) + 1.0
         self._start = time.monotonic()
         self._thread = threading.Thread(
             target=asyncio.run, args=(self._all(),), name="reward-async", daemon=True
