@@ -456,3 +456,31 @@ def test_verl_file_through_the_manager(tmp_path):
     with manager(tmp_path, source, ["compute_score"]) as rm:
         rewards, _ = rm.score(["p", "p"], ["4", "5"], {"ground_truth": ["4", "4"], "data_source": ["x", "y"]})
     assert rewards == [1.0, 0.0]
+
+
+# --- reward-model worker ---------------------------------------------------------------------------
+
+
+def test_reward_model_truncates_from_the_left(tiny_model_dir, caplog):
+    """A long text is scored on its last max_tokens tokens; padding does not change a score."""
+    import torch
+
+    from rlft.config import RewardModelConfig
+    from rlft.rewards.model_worker import RewardModelWorker
+
+    worker = RewardModelWorker(RewardModelConfig(path=str(tiny_model_dir), max_tokens=4096))
+    prompts, completions = ["a b c d e f g h i j k l m n o p " * 4, "x"], [" 7 7 7", " 7"]
+    texts = [worker._text(p, c) for p, c in zip(prompts, completions, strict=True)]
+    long, short = (worker.tokenizer(text)["input_ids"] for text in texts)
+    worker.max_tokens = len(short)  # only the first text is too long
+    assert len(long) > len(short)
+    with caplog.at_level(logging.WARNING, logger="rlft.rewards"):
+        scores = worker.score(prompts, completions)
+    assert worker.truncated == 1 and f"keep their last {len(short)} tokens" in caplog.text
+    with torch.no_grad():
+        model = worker.model
+        alone = [model(input_ids=torch.tensor([x])).logits[0, 0].item() for x in (long[-len(short) :], short)]
+    assert scores == pytest.approx(alone, abs=1e-5)
+    assert RewardModelWorker(RewardModelConfig(path=str(tiny_model_dir))).max_tokens == (
+        worker.model.config.max_position_embeddings
+    )
