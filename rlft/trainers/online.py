@@ -56,9 +56,7 @@ def train(cfg: RLFTConfig) -> Path:
             except cluster.actor_died as err:
                 if restart == restart_max:
                     raise
-                log.warning(
-                    "an actor died (%s); restart %d of %d", err, restart + 1, cfg.trainer.max_restarts
-                )
+                log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
                 cluster.kill_all()
                 resume_from = checkpoint.latest_checkpoint(run_dir) or inputs.resume_from
                 inputs.sampler.load_state_dict({"consumed": 0})  # the checkpoint (if any) restores it
