@@ -321,3 +321,13 @@ def test_manager_kills_a_hanging_math_check(tmp_path):
         assert time.monotonic() - start < 20
         rewards, _ = rm.score([""], [r"\boxed{\frac{1}{2}}"], {"answer": ["0.5"]})  # a new worker
         assert rewards == [1.0] and not math.isnan(rewards[0])
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "conf" / "reward").glob("*.yaml")))
+def test_reward_presets_compose_and_load(preset, monkeypatch):
+    from rlft.cli import load_config
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_config([f"reward={preset}"])
+    with RewardManager.from_config(cfg.reward, search_dirs=[ROOT]) as rm:
+        assert [fn.spec for fn in rm.functions] == cfg.reward.functions
