@@ -1,5 +1,6 @@
 r"""Math answer correctness, checked for mathematical equivalence by Hugging Face's ``math-verify``."""
 
+import logging
 import threading
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -7,6 +8,18 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from rlft.rewards.parsing import last_boxed, last_hash_answer, last_tag
 
 _CONFIGS = (LatexExtractionConfig(), ExprExtractionConfig())
+
+
+class _ManagerBoundsTheTime(logging.Filter):
+    """Drop math-verify's 'Timeout is disabled' warning: off the main thread the reward manager's
+    ``reward.timeout_s`` is the timeout."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_ManagerBoundsTheTime())
 
 
 def math_answer(prompt: str, completion: str, answer: str) -> float:
