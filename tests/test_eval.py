@@ -99,5 +99,6 @@ def test_rlft_eval_on_a_model_directory(
 def test_rlft_eval_without_an_eval_split_says_how_to_get_one(
     tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["eval", str(tiny_model_dir), "recipe=quickstart", "cluster.mode=local"]) == 2
+    args = ["eval", str(tiny_model_dir), "recipe=quickstart", "cluster.mode=local", "data.eval_size=0"]
+    assert main(args) == 2
     assert "data.eval_size" in capsys.readouterr().err
