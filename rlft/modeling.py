@@ -59,7 +59,7 @@ def load_policy(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.n
     if cfg.lora.quantize == "none":
         return apply_lora(load_model(cfg, device), cfg)
     try:
-        import bitsandbytes  # noqa: F401  (transformers needs it for the quantization config)
+        import bitsandbytes
     except ImportError as e:
         raise ImportError(
             "model.lora.quantize=4bit needs bitsandbytes: pip install 'rlft[qlora]' (or bitsandbytes)"
@@ -83,6 +83,11 @@ def load_policy(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.n
     )
     # Gradient checkpointing is the learner's choice (learner.gradient_checkpointing), not peft's.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    for module in model.modules():
+        # bitsandbytes repacks CPU weights for inference when a layer in eval mode (as the learner
+        # keeps it) gets an input without gradient; that layout cannot be trained through.
+        if isinstance(module, bitsandbytes.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
     return apply_lora(model, cfg)
 
 
