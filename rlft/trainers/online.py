@@ -46,7 +46,7 @@ def train(cfg: RLFTConfig) -> Path:
     inputs = _prepare(cfg, run_dir)
     checkpoint.create_run_dir(cfg)  # only once the input is known to be good
 
-    resume_from = inputs.resume_from
+    resume_from, fresh_sampler = inputs.resume_from, inputs.sampler.state_dict()
     with Cluster(cfg.cluster) as cluster:
         restart_max = cfg.trainer.max_restarts
         for restart in range(restart_max + 1):
@@ -59,7 +59,7 @@ def train(cfg: RLFTConfig) -> Path:
                 log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
                 cluster.kill_all()
                 resume_from = checkpoint.latest_checkpoint(run_dir) or inputs.resume_from
-                inputs.sampler.load_state_dict({"consumed": 0})  # the checkpoint (if any) restores it
+                inputs.sampler.load_state_dict(fresh_sampler)  # the checkpoint (if any) restores it
     return run_dir
 
 
@@ -191,6 +191,7 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list
         num_cpus=lc.num_cpus_per_worker,
         num_gpus=learner_gpus,
         samples_per_optimizer_step=lc.global_samples_per_optimizer_step,
+        sharded=lc.strategy == "fsdp2",
     )
     workers = [
         cluster.spawn(
