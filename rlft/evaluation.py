@@ -70,11 +70,11 @@ class Evaluator:
             raise ValueError("the evaluation split has no rows (see data.eval_* in rlft/config.py)")
         self.rows = data.rows
         own = bool(cfg.eval.reward_functions)
-        self.rewards = RewardManager(
-            cfg.eval.reward_functions if own else cfg.reward.functions,
-            (cfg.eval.reward_weights if own else cfg.reward.weights) or None,
-            cfg.reward.failure_reward,
-            search_dirs=search_dirs or [],
+        self.rewards = RewardManager.from_config(
+            cfg.reward,
+            search_dirs or [],
+            functions=cfg.eval.reward_functions if own else None,
+            weights=cfg.eval.reward_weights if own else None,
         )
         self.rewards.check_columns(c for c in data.columns if c != cfg.data.prompt_column)
         self.prompts = [row[cfg.data.prompt_column] for row in self.rows]
