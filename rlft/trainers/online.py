@@ -91,10 +91,12 @@ def run_steps(
 
             # 1-3. Draw B prompts, generate G completions of each on the rollout workers and
             # score them. DAPO dynamic sampling drops groups whose rewards are all equal and
-            # draws more prompts until B groups carry a learning signal.
+            # draws more prompts until B groups carry a learning signal. With trainer.async this
+            # rollout was started up to max_staleness steps ago, while earlier updates ran; the
+            # pipeline's order makes its samples at most that many policy versions old.
             rollout, wait_s = pipeline.next(step, cfg.trainer.max_steps)
             staleness = rollout.staleness(learner_version=step - 1)
-            if staleness.max() > depth:
+            if staleness.max() > depth:  # cannot happen unless the pipeline's invariant broke
                 raise RuntimeError(f"step {step}: samples {staleness.max():.0f} versions old, over {depth}")
 
             # 4. Update the policy on the learner; it computes the advantages (a pure function
