@@ -46,10 +46,12 @@ class RewardModelWorker:
         self.truncated = 0
         """Texts cut to ``max_tokens`` so far."""
 
-    def _text(self, prompt: str, completion: str) -> str:
+    def _text(self, prompt: str | list[dict[str, str]], completion: str) -> str:
+        """A text prompt is one user message; a list of chat messages is the conversation so far."""
+        conversation = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         if self.tokenizer.chat_template is None:
-            return prompt + completion
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            return "".join(m["content"] for m in conversation) + completion
+        messages = [*conversation, {"role": "assistant", "content": completion}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
