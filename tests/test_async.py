@@ -15,7 +15,16 @@ import torch
 
 from rlft.cli import ConfigError, load_config, main
 from rlft.cluster import Cluster
-from rlft.config import ClusterConfig, ModelConfig, RolloutConfig, SamplingConfig
+from rlft.config import (
+    AlgorithmConfig,
+    ClusterConfig,
+    LearnerConfig,
+    ModelConfig,
+    RolloutConfig,
+    SamplingConfig,
+)
+from rlft.learner.batch import Sample
+from rlft.learner.learner import Learner
 from rlft.rollout.worker import RolloutWorker
 from rlft.tracking import read_metrics
 from rlft.trainers.rollout import chunk_size, generate
@@ -147,3 +156,29 @@ def test_async_quickstart_on_ray_learns(quickstart_args: Callable[..., list[str]
     assert last > first + 0.15, (first, last)  # the threshold of tests/test_e2e.py
     assert max(m["async/staleness_max"] for m in metrics) <= 1
     assert sum(m["async/staleness_max"] for m in metrics) > steps / 2  # it did run ahead
+
+
+def test_stale_samples_are_corrected_against_the_sampler(tiny_model_dir: Path) -> None:
+    """Without TIS a stale batch takes the PPO ratio against the sampler's log-probs; with TIS (or
+    fresh samples) against the learner's own, pre-update ones."""
+    model = ModelConfig(path=str(tiny_model_dir))
+    groups = RolloutWorker(model, RolloutConfig()).generate(
+        [[5, 6, 7], [8, 9]], 4, SamplingConfig(max_new_tokens=6), 0
+    )
+    rewards = [1.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.3, 0.9]
+    # The sampler put 0.5 nats more on each token than the learner's weights: ratio e^-0.5 < 1 - 0.2.
+    samples = [
+        Sample([5, 6, 7] if i < 4 else [8, 9], c.token_ids, [lp + 0.5 for lp in c.logprobs], r, i // 4, 0)
+        for i, (c, r) in enumerate(zip([c for g in groups for c in g], rewards, strict=True))
+    ]
+
+    def clip_frac(tis_cap: float, learner_version: int) -> float:
+        learner = Learner(model, LearnerConfig(), AlgorithmConfig(tis_cap=tis_cap), SamplingConfig(), seed=0)
+        learner.policy_version = learner_version
+        metrics = learner.train_step(samples)
+        assert metrics["logprob_diff/sampler"] == pytest.approx(0.5, abs=1e-3)
+        return metrics["clip_frac"]
+
+    assert clip_frac(tis_cap=0.0, learner_version=1) > 0.2  # the negative-advantage tokens clip
+    assert clip_frac(tis_cap=0.0, learner_version=0) == 0.0  # fresh: ratio against itself
+    assert clip_frac(tis_cap=2.0, learner_version=1) == 0.0  # TIS: old = learner, weights correct
