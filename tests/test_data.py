@@ -416,3 +416,26 @@ def test_prepare_preference_hh_layout(tmp_path: Path) -> None:
     assert pair["chosen"] == [{"role": "assistant", "content": "Why did the chicken..."}]
     with pytest.raises(ValueError, match="unknown preference layout"):
         prepare.detect_layout({"prompt": "p", "chosen": "plain text", "rejected": "x"})
+
+
+def test_conversation_prompts(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversation = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Repeat this digit: 4"},
+    ]
+    text = format_prompt(tokenizer, conversation, DataConfig(system_prompt="Be brief."))
+    assert text.index("Be brief.") < text.index("Hello") < text.index("Repeat this digit: 4")
+    system = {"role": "system", "content": "Be brief."}
+    messages = [system, *conversation]
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == expected
+    with pytest.raises(ValueError, match="apply_chat_template=true"):
+        format_prompt(tokenizer, conversation, DataConfig(apply_chat_template=False))
+    path = _write_jsonl(tmp_path / "chats.jsonl", [{"messages": conversation, "answer": "4"}])
+    cfg = DataConfig(path=str(path), columns={"prompt": "messages"})
+    sampler = PromptSampler(cfg, seed=0, tokenizer=tokenizer, max_prompt_tokens=256)
+    assert sampler.sample(1)[0]["prompt"] == conversation
