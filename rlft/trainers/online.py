@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def train(cfg: RLFTConfig) -> Path:
     checkpoint.create_run_dir(cfg)  # only once the input is known to be good
 
     resume_from, fresh_sampler = inputs.resume_from, inputs.sampler.state_dict()
-    with Cluster(cfg.cluster) as cluster:
+    with Cluster(cfg.cluster) as cluster, inputs.rewards or nullcontext():  # ends reward workers
         restart_max = cfg.trainer.max_restarts
         for restart in range(restart_max + 1):
             try:
