@@ -1,4 +1,4 @@
-"""The generation-engine interface every rollout backend implements (hf today; vLLM next)."""
+"""The generation-engine interface every rollout backend implements (hf, vllm)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,17 @@ class Completion:
     logprobs: list[float]
     """The sampler's log-probability of each generated token (at the sampling temperature)."""
     text: str
-    """Decoded completion, special tokens removed."""
+    """Decoded completion, special tokens removed, ending after the first stop string if any."""
     finish_reason: str
-    """``stop`` (EOS reached) or ``length`` (hit max_new_tokens)."""
+    """``stop`` (EOS or a stop string reached) or ``length`` (hit max_new_tokens)."""
     policy_version: int = 0
     """Version of the weights that generated it (set by the RolloutWorker)."""
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """``text`` up to the end of the first stop string that occurs in it (unchanged if none does)."""
+    ends = [text.find(s) + len(s) for s in stop if s in text]
+    return text[: min(ends)] if ends else text
 
 
 class Engine(Protocol):
@@ -46,4 +52,13 @@ class Engine(Protocol):
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """The parameters the engine generates with (on the CPU); for tests and checks."""
+        ...
+
+    def sleep(self, level: int = 1) -> None:
+        """Colocation (cluster.colocate): release device memory while the learner trains; level 1
+        keeps the weights (in host memory), level 2 drops them (the next weight sync refills them)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Colocation: take the memory back before the weight sync and the next generate."""
         ...

