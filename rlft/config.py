@@ -222,6 +222,11 @@ class LearnerConfig:
     """L: number of data-parallel learner actors (one torch.distributed group: gloo on the CPU,
     NCCL on GPUs). Each holds the whole model and trains on its share of every batch, split by
     token count; gradients are summed over them. L > 1 needs cluster.mode=ray."""
+    strategy: str = "dp"
+    """How L > 1 learners share the model: ``dp`` = each holds all of it (gradients all-reduced);
+    ``fsdp2`` = parameters, gradients and optimizer state sharded over them (torch FSDP2, one unit
+    per transformer block), for models that do not fit one device. fsdp2 needs
+    weights.transport=object_store, no LoRA and learner.logprob_chunk_tokens=0."""
     num_cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each learner (cluster.mode=ray)."""
     num_gpus_per_worker: float = 0.0
@@ -557,6 +562,22 @@ def validate(cfg: RLFTConfig) -> None:
         ),
         (cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1"),
         (cfg.learner.num_workers >= 1, "learner.num_workers must be >= 1"),
+        (
+            cfg.learner.strategy in ("dp", "fsdp2"),
+            f"learner.strategy={cfg.learner.strategy!r} is not one of ('dp', 'fsdp2')",
+        ),
+        (
+            cfg.learner.strategy == "dp"
+            or (
+                cfg.weights.transport == "object_store"
+                and cfg.model.lora.rank == 0
+                and cfg.learner.logprob_chunk_tokens == 0
+            ),
+            "learner.strategy=fsdp2 works with weights.transport=object_store, without LoRA "
+            "(model.lora.rank=0) and with learner.logprob_chunk_tokens=0 (the chunked LM head reads "
+            "the head's weight outside its forward, where FSDP2 does not gather it) so far; use "
+            "learner.strategy=dp for the others",
+        ),
         (
             cfg.learner.num_workers == 1 or cfg.cluster.mode == "ray",
             f"learner.num_workers={cfg.learner.num_workers} needs one process per learner: "

@@ -4,17 +4,19 @@ the CPU) giving the same update as 1 learner on the whole batch."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 import torch
 
 from rlft.cluster import Cluster
 from rlft.config import AlgorithmConfig, ClusterConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Sample
 from rlft.learner.group import LearnerGroup, split_by_tokens
-from rlft.learner.learner import Learner
+from rlft.learner.learner import Learner, _load_weights
 
 
 def test_split_by_tokens_balances_each_mini_batch() -> None:
@@ -50,11 +52,19 @@ def _random_samples(n: int, groups: int, seed: int) -> list[Sample]:
     return out
 
 
-def _configs(tiny_model_dir: Path) -> tuple[Any, ...]:
+def _configs(tiny_model_dir: Path, strategy: str = "dp") -> tuple[Any, ...]:
+    # Two optimizer steps per RL step (so old log-probs are recomputed), micro-batches of 2 (the
+    # ranks' shares differ in size, so under fsdp2 one rank runs extra passes to keep in step).
+    learner = LearnerConfig(
+        lr=1.0,
+        global_samples_per_optimizer_step=8,
+        per_device_samples_per_micro_batch=2,
+        strategy=strategy,
+        logprob_chunk_tokens=0 if strategy == "fsdp2" else 4096,  # fsdp2 needs the model's own forward
+    )
     return (
         ModelConfig(path=str(tiny_model_dir)),
-        # Two optimizer steps per RL step (so old log-probs are recomputed), micro-batches of 2.
-        LearnerConfig(lr=1.0, global_samples_per_optimizer_step=8, per_device_samples_per_micro_batch=2),
+        learner,
         AlgorithmConfig(beta=0.1),  # GRPO with a k3 KL term against the reference
         SamplingConfig(max_new_tokens=12),
         0,  # seed
@@ -63,14 +73,15 @@ def _configs(tiny_model_dir: Path) -> tuple[Any, ...]:
 
 
 def _sgd_learner() -> type:
-    """The learner with plain SGD (lr 1): the weight change is minus the clipped gradient, so equal
-    weights mean equal gradients (Adam's first step would turn float noise in near-zero gradients
-    into +-lr). Defined here, not at module level, so Ray ships it by value to its workers."""
+    """The learner with SGD (lr 1, momentum): the weight change is linear in the clipped gradients,
+    so equal weights mean equal gradients (Adam's first step would turn float noise in near-zero
+    gradients into +-lr). Defined here, not at module level, so Ray ships it by value."""
 
     class SGDLearner(Learner):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
-            self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=1.0)
+        def _build_optimizers(self) -> None:  # also called again after FSDP2 sharding
+            super()._build_optimizers()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.SGD(params, lr=1.0, momentum=0.5)  # a state to checkpoint
 
     return SGDLearner
 
@@ -80,27 +91,48 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def test_two_learner_actors_match_one_learner(tiny_model_dir: Path, tmp_path: Path) -> None:
-    cls = _sgd_learner()
-    args = _configs(tiny_model_dir)
-    batches = [_random_samples(16, 4, seed) for seed in (1, 2)]
-    single = cls(*args)
+@pytest.fixture(scope="module")
+def one_learner(tiny_model_dir: Path) -> tuple[Any, ...]:
+    """Weights before, metrics of two steps, and weights after, of one learner on the whole batches."""
+    single = _sgd_learner()(*_configs(tiny_model_dir))
     before = {k: v.clone() for k, v in single.get_weights().tensors.items()}
-    expected = [single.train_step(batch) for batch in batches]
-    after_one = single.get_weights().tensors
+    metrics = [single.train_step(batch) for batch in BATCHES]
+    return before, metrics, single.get_weights().tensors
 
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Cluster]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo on the CPU, also where a GPU exists
         with Cluster(ClusterConfig(mode="ray", num_cpus=2)) as cluster:
-            group = LearnerGroup(cluster, cls, *args, num_workers=2, num_cpus=1, samples_per_optimizer_step=8)
-            got = [group.train_step(batch) for batch in batches]
-            rank0, rank1 = (cluster.get(r.get_weights.remote()).tensors for r in group.ranks)
+            yield cluster
 
-            # The checkpoint of 2 ranks is one learner's: rank 0 writes it, any number loads it.
-            group.save_checkpoint(str(tmp_path / "ckpt"))
-            group.train_step(batches[0])
-            group.load_checkpoint(str(tmp_path / "ckpt"))
-            restored = [cluster.get(r.get_weights.remote()).tensors for r in group.ranks]
+
+BATCHES = [_random_samples(16, 4, seed) for seed in (1, 2)]
+
+
+@pytest.mark.parametrize("strategy", ["dp", "fsdp2"])
+def test_two_learner_actors_match_one_learner(
+    strategy: str, one_learner: tuple[Any, ...], ray_cluster: Cluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Same metrics and (to float tolerance) the same weights after two RL steps of two optimizer
+    steps each; the checkpoint rank 0 writes restores every rank."""
+    before, expected, after_one = one_learner
+    cluster, cls, args = ray_cluster, _sgd_learner(), _configs(tiny_model_dir, strategy)
+    sharded = strategy == "fsdp2"
+    group = LearnerGroup(
+        cluster, cls, *args, num_workers=2, num_cpus=1, samples_per_optimizer_step=8, sharded=sharded
+    )
+    got = [group.train_step(batch) for batch in BATCHES]
+    weights = cluster.get(group.get_weights.remote())
+    ckpt = tmp_path / "ckpt"
+    group.save_checkpoint(str(ckpt))
+    group.train_step(BATCHES[0])
+    group.load_checkpoint(str(ckpt))
+    restored = cluster.get(group.get_weights.remote())
+    replicas = [] if sharded else [cluster.get(r.get_weights.remote()).tensors for r in group.ranks]
+    for r in group.ranks:
+        ray.kill(r)
 
     for m1, m2 in zip(expected, got, strict=True):
         for key in ("loss/policy", "kl", "kl/seq", "entropy", "clip_frac", "grad_norm", "advantage/mean"):
@@ -108,10 +140,18 @@ def test_two_learner_actors_match_one_learner(tiny_model_dir: Path, tmp_path: Pa
         assert m2["policy_version"] == m1["policy_version"]
     step = _max_diff(before, after_one)
     assert step > 1e-3, "the updates changed (almost) nothing"
-    assert _max_diff(rank0, rank1) == 0.0  # the replicas stay identical
-    assert _max_diff(after_one, rank0) < 1e-5 * max(1.0, step)
-    assert all(_max_diff(rank0, r) == 0.0 for r in restored)
-    reloaded = cls(*args)
-    reloaded.load_checkpoint(str(tmp_path / "ckpt"))
-    assert _max_diff(reloaded.get_weights().tensors, rank0) == 0.0
-    assert reloaded.policy_version == 2
+    assert weights.version == 2
+    assert _max_diff(after_one, weights.tensors) < 1e-5 * max(1.0, step)
+    assert _max_diff(restored.tensors, weights.tensors) == 0.0 and restored.version == 2
+    assert all(_max_diff(weights.tensors, r) == 0.0 for r in replicas)  # dp: the replicas stay equal
+
+    # The weights on disk are whole, a plain Hugging Face directory: one learner loads them.
+    single = cls(*_configs(tiny_model_dir))
+    if strategy == "dp":
+        single.load_checkpoint(str(ckpt))
+        assert single.policy_version == 2
+    else:  # the optimizer state is keyed by name under fsdp2
+        with pytest.raises(ValueError, match=r"learner\.strategy=fsdp2"):
+            single.load_checkpoint(str(ckpt))
+        _load_weights(single.model, ckpt / "policy")
+    assert _max_diff(single.get_weights().tensors, weights.tensors) == 0.0

@@ -1,11 +1,20 @@
 """Data parallelism across learner ranks: one torch.distributed group of ``learner.num_workers``
 learner processes (gloo on the CPU, NCCL on GPUs).
 
-Each rank holds a whole copy of the policy and trains on its share of the batch; before every
-optimizer step the gradients are summed over the ranks (bucketed all-reduce), so every rank
-takes the same step and the replicas stay equal. The losses are normalised by the counts of the
-whole (global) mini-batch, so the summed gradient is the one a single learner would compute on
-the whole mini-batch.
+Each rank trains on its share of the batch. The losses are normalised by the counts of the whole
+(global) mini-batch, so the sum of the ranks' gradients is the one a single learner would compute
+on the whole mini-batch. Two strategies (``learner.strategy``):
+
+- ``dp``: each rank holds a whole copy of the model; before every optimizer step the gradients
+  are summed over the ranks (bucketed all-reduce), so every rank takes the same step and the
+  replicas stay equal.
+- ``fsdp2``: parameters, gradients and optimizer state are sharded over the ranks with torch's
+  FSDP2 (``fully_shard``, one unit per transformer block and one for the rest); each forward
+  all-gathers a block's parameters and each backward reduce-scatters its gradients. Every rank
+  must then run the same number of forward and backward passes: ranks with fewer micro-batches
+  run extra passes that contribute nothing (:meth:`DataParallel.extra_passes`). Full weights are
+  gathered (to rank 0, on the CPU) for the rollout workers and for checkpoints, which therefore
+  have the same format as one learner's.
 
 The rendezvous reuses the weight-sync group's building blocks (:mod:`rlft.weights.group`): rank 0
 opens a ``TCPStore`` on a free port and hands back its address (:func:`open_rendezvous`); every
@@ -100,6 +109,27 @@ class DataParallel:
         )
         self._store = store  # rank 0 serves the store: keep it alive with the group
         self.rank, self.world_size, self.device = rank, spec.world_size, device
+        self.sharded = False
+        """Whether the models are sharded with FSDP2 (:meth:`shard`)."""
+
+    def shard(self, model: torch.nn.Module) -> None:
+        """Shard ``model`` over the ranks with FSDP2, in place: each transformer block (the classes
+        a Hugging Face model names in ``_no_split_modules``) is one unit, the rest of the model
+        another. Its parameters become DTensors: build optimizers over them afterwards."""
+        from torch.distributed.fsdp import fully_shard
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        blocks = set(getattr(base, "_no_split_modules", None) or [])
+        for module in list(model.modules())[1:]:
+            if type(module).__name__ in blocks:
+                fully_shard(module)
+        fully_shard(model)
+        self.sharded = True
+
+    def extra_passes(self, count: int) -> int:
+        """How many passes with no effect this rank adds after its ``count`` micro-batches so that
+        all ranks run the same number (FSDP2's collectives pair up per pass); 0 unless sharded."""
+        return int(self.max(count)) - count if self.sharded else 0
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Make every rank's parameters and buffers equal to rank 0's."""
@@ -109,8 +139,16 @@ class DataParallel:
 
     def all_reduce_gradients(self, module: torch.nn.Module) -> None:
         """Sum the gradients of ``module``'s trainable parameters over all ranks, in place. A rank
-        without a gradient for a parameter contributes zeros (every rank sends every bucket)."""
+        without a gradient for a parameter contributes zeros (every rank sends every bucket).
+
+        Sharded, the backward passes have already reduce-scattered the ranks' mean (gloo has no
+        pre-scaled sum): each rank's shard is multiplied by the number of ranks."""
         params = {name: p for name, p in module.named_parameters() if p.requires_grad}
+        if self.sharded:
+            for p in params.values():
+                if p.grad is not None:
+                    p.grad.mul_(self.world_size)
+            return
         for p in params.values():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -160,6 +198,36 @@ class DataParallel:
             out[key] = full.to(self.device)
         return out
 
-    def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Sharded: ``model``'s whole state dict gathered on rank 0, on the CPU (empty on the
+        other ranks; every rank must call this). Otherwise its own state dict."""
+        if not self.sharded:
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_full_state_dict(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Sharded: load a whole state dict that rank 0 holds (the others pass ``{}``) into every
+        rank's shards."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # Not strict: a checkpoint leaves out tied copies (the caller checks for unknown names).
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(model, state, options=options)
+
+    def full_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Sharded: the optimizer's whole state, keyed by parameter name, gathered on rank 0."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(model, optimizer, options=options)
+
+    def load_full_optimizer_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+    ) -> None:
+        """Sharded: restore :meth:`full_optimizer_state` (held by rank 0; the others pass ``{}``)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        set_optimizer_state_dict(model, optimizer, state, options=options)

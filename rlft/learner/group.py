@@ -57,6 +57,21 @@ def _example_tokens(example: Any) -> int:
     return len(example.prompt_ids) + len(example.completion_ids)
 
 
+WHOLE_MODEL_CALLS = ("get_weights", "completion_logprobs", "reference_logps")
+"""Learner methods that every rank of a sharded (FSDP2) group must run together."""
+
+
+class _OnEveryRank:
+    """``.remote(*args)`` calls the method on every rank and returns rank 0's result (reference)."""
+
+    def __init__(self, ranks: list[Any], name: str):
+        self.ranks, self.name = ranks, name
+
+    def remote(self, *args: Any) -> Any:
+        refs = [getattr(r, self.name).remote(*args) for r in self.ranks]  # all start together
+        return refs[0]
+
+
 class LearnerGroup:
     """``num_workers`` learners of class ``cls`` (built with ``args``), joined into one process
     group when there are several. ``cluster`` is an ``rlft.cluster.Cluster``."""
@@ -70,15 +85,19 @@ class LearnerGroup:
         num_cpus: float = 1,
         num_gpus: float = 0,
         samples_per_optimizer_step: int = 0,
+        sharded: bool = False,
     ):
         """``samples_per_optimizer_step``: ``learner.global_samples_per_optimizer_step`` (0 = the
-        whole batch), how the batch is cut into optimizer steps before it is split over the ranks."""
+        whole batch), how the batch is cut into optimizer steps before it is split over the ranks.
+        ``sharded``: the learners shard the model (``learner.strategy=fsdp2``), so every rank takes
+        part in the calls that need the whole model (:data:`WHOLE_MODEL_CALLS`)."""
         if num_workers < 1:
             raise ValueError(f"learner.num_workers must be >= 1, got {num_workers}")
         if num_workers > 1 and cluster.local:
             raise ValueError("learner.num_workers > 1 needs one process per learner: use cluster.mode=ray")
         self.cluster = cluster
         self.samples_per_optimizer_step = samples_per_optimizer_step
+        self.sharded = sharded and num_workers > 1
         self.ranks = [
             cluster.spawn(cls, *args, num_cpus=num_cpus, num_gpus=num_gpus) for _ in range(num_workers)
         ]
@@ -91,9 +110,12 @@ class LearnerGroup:
         return len(self.ranks)
 
     def __getattr__(self, name: str) -> Any:
-        """Everything else is rank 0's: ``group.get_weights.remote()`` etc."""
-        if name.startswith("_") or name in ("ranks", "cluster"):
+        """Everything else is rank 0's: ``group.get_weights.remote()`` etc. With a sharded model
+        the calls that need all of it run on every rank (rank 0's result is returned)."""
+        if name.startswith("_") or name in ("ranks", "cluster", "sharded"):
             raise AttributeError(name)
+        if self.sharded and name in WHOLE_MODEL_CALLS:
+            return _OnEveryRank(self.ranks, name)
         return getattr(self.ranks[0], name)
 
     def train_step(self, samples: list[Sample]) -> dict[str, float]:

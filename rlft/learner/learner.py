@@ -75,15 +75,10 @@ class Learner:
         self.ref_model = None
         if self.needs_reference() and not self.lora:
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
-        self.optimizer = build_optimizer(self.model.parameters(), learner_cfg, learner_cfg.lr)
-        self.scheduler = build_scheduler(self.optimizer, learner_cfg)
-        self.critic = self.critic_optimizer = self.critic_scheduler = None
+        self.critic = None
         if algorithm_cfg.kind == "online" and algorithm_cfg.advantage == "gae":
             self.critic = load_value_model(model_cfg, self.device).eval()
-            self.critic_optimizer = build_optimizer(
-                self.critic.parameters(), learner_cfg, learner_cfg.critic_lr
-            )
-            self.critic_scheduler = build_scheduler(self.critic_optimizer, learner_cfg)
+        self._build_optimizers()
         self.advantage_fn = get_advantage(algorithm_cfg.advantage)
         self.policy_loss = get_policy_loss(algorithm_cfg.policy_loss)
         self.loss_agg = get_loss_agg(algorithm_cfg.loss_agg)
@@ -98,6 +93,16 @@ class Learner:
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the initial policy is loaded (for the KL term)."""
         return self.algo.beta > 0
+
+    def _build_optimizers(self) -> None:
+        """AdamW and the LR schedule of the policy (and critic), over their current parameters."""
+        c = self.cfg
+        self.optimizer = build_optimizer(self.model.parameters(), c, c.lr)
+        self.scheduler = build_scheduler(self.optimizer, c)
+        self.critic_optimizer = self.critic_scheduler = None
+        if self.critic is not None:
+            self.critic_optimizer = build_optimizer(self.critic.parameters(), c, c.critic_lr)
+            self.critic_scheduler = build_scheduler(self.critic_optimizer, c)
 
     # --- the update -----------------------------------------------------------------------------
 
@@ -207,7 +212,8 @@ class Learner:
         def add(name: str, value: torch.Tensor) -> None:
             stats[name] = stats.get(name, 0.0) + value.item()
 
-        for rows in self._micro_batches(batch):
+        plan = self._micro_batches(batch)
+        for rows in plan:
             mb = batch.select(rows)
             mask = mb.completion_mask
             logprobs, entropy = self._logprobs(self.model, mb, entropy=True)
@@ -247,6 +253,8 @@ class Learner:
                 self.token_mean((logprobs.detach() - mb.sampler_logprobs).abs(), mask, **norm),
             )
         if self.dp is not None:  # each rank holds a part of the sums: add them up
+            for _ in range(self.dp.extra_passes(len(plan))):
+                self._pass_without_effect(batch.select(plan[0]))
             stats = self.dp.sum(stats)
             for model in (self.model, self.critic):
                 if model is not None:
@@ -255,6 +263,13 @@ class Learner:
         if self.critic is not None:
             stats["critic/grad_norm"] = self._clip_and_step(self.critic, self.critic_optimizer)
         return stats
+
+    def _pass_without_effect(self, mb: Batch) -> None:
+        """A forward and backward pass of the policy (and critic) that adds nothing to the
+        gradients, for FSDP2's lockstep (:meth:`DataParallel.extra_passes`)."""
+        (self._logprobs(self.model, mb, entropy=True)[0].sum() * 0).backward()
+        if self.critic is not None:
+            (self._values(mb).sum() * 0).backward()
 
     def _clip_and_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
         """Clip the gradient and step; a NaN/inf gradient (or loss) skips the update instead, and
@@ -327,9 +342,12 @@ class Learner:
     def _no_grad_forward(self, forward: Callable[[Batch], torch.Tensor], batch: Batch) -> torch.Tensor:
         """[N, L] per-token outputs of ``forward`` over ``batch``, in micro-batches."""
         out = torch.zeros(batch.input_ids.shape, device=self.device)
-        for rows in self._micro_batches(batch):
+        plan = self._micro_batches(batch)
+        for rows in plan:
             mb = batch.select(rows)
             out[rows, : mb.input_ids.shape[1]] = forward(mb).float()
+        for _ in range(0 if self.dp is None else self.dp.extra_passes(len(plan))):
+            forward(batch.select(plan[0]))  # FSDP2 lockstep: every rank runs as many passes
         return out
 
     def completion_logprobs(self, samples: list[Sample]) -> list[list[float]]:
@@ -346,53 +364,85 @@ class Learner:
 
         On a CPU learner the tensors are the live parameters, not copies: receivers copy them in.
         """
-        if self.lora:  # only the adapters change: send only them
+        if self.dp is not None and self.dp.sharded:  # gathered on rank 0 (every rank calls this)
+            tensors = self.dp.full_state_dict(self.model)
+        elif self.lora:  # only the adapters change: send only them
             tensors = {k: v.detach().cpu() for k, v in self.model.named_parameters() if v.requires_grad}
         else:
             tensors = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return WeightUpdate(tensors, self.policy_version)
 
     def save_checkpoint(self, path: str) -> None:
-        """Write model(s), optimizer(s) and RNG states into the (new) directory ``path``.
+        """Write model(s), optimizer(s), LR schedule(s) and RNG states into the (new) directory ``path``.
 
-        With several learners only rank 0 writes: every rank holds the same weights and
-        optimizer state, so the checkpoint is the same as one learner's (and resumes with any
-        number of learners)."""
+        With several learners rank 0 writes. Under ``learner.strategy=dp`` every rank holds the
+        same weights and optimizer state; under ``fsdp2`` every rank first takes part in gathering
+        them whole on rank 0 (in CPU memory). Either way the weights are plain Hugging Face
+        directories, the same as one learner's."""
+        sharded = self.dp is not None and self.dp.sharded
+        whole = {}
+        if sharded:
+            for name, model, optimizer in self._trained_models():
+                whole[name] = (self.dp.full_state_dict(model), self.dp.full_optimizer_state(model, optimizer))
         if self.dp is not None and self.dp.rank != 0:
             return
         out = Path(path)
-        self.model.save_pretrained(out / "policy")
         state = {
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(),
             "python_rng": random.getstate(),
+            "optimizer_by_name": sharded,
         }
+        for name, model, optimizer in self._trained_models():
+            key = "optimizer" if name == "policy" else f"{name}_optimizer"
+            if sharded:
+                model.save_pretrained(out / name, state_dict=whole[name][0])
+                state[key] = whole[name][1]
+            else:
+                model.save_pretrained(out / name)
+                state[key] = optimizer.state_dict()
         if self.critic is not None:
-            self.critic.save_pretrained(out / "critic")
-            state["critic_optimizer"] = self.critic_optimizer.state_dict()
             state["critic_scheduler"] = self.critic_scheduler.state_dict()
         torch.save(state, out / "learner_state.pt")
         meta = {"policy_version": self.policy_version, "kl_coef": self.kl_coef}
         (out / "learner.json").write_text(json.dumps(meta))
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore what :meth:`save_checkpoint` wrote."""
+        """Restore what :meth:`save_checkpoint` wrote (every rank reads it; under fsdp2 rank 0
+        reads the tensors and hands each rank its shards)."""
         ckpt = Path(path)
-        _load_weights(self.model, ckpt / "policy")
         state = torch.load(ckpt / "learner_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharded = self.dp is not None and self.dp.sharded
+        if state.get("optimizer_by_name", False) != sharded:
+            raise ValueError(
+                f"{ckpt} was written with learner.strategy={'fsdp2' if not sharded else 'dp'} (its "
+                "optimizer state is laid out for it): resume it with that strategy"
+            )
+        for name, model, optimizer in self._trained_models():
+            key = "optimizer" if name == "policy" else f"{name}_optimizer"
+            if sharded:
+                main = self.dp.rank == 0
+                self.dp.load_full_state_dict(model, _read_weights(model, ckpt / name) if main else {})
+                self.dp.load_full_optimizer_state(model, optimizer, state[key] if main else {})
+            else:
+                _load_weights(model, ckpt / name)
+                optimizer.load_state_dict(state[key])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
-            _load_weights(self.critic, ckpt / "critic")
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             self.critic_scheduler.load_state_dict(state["critic_scheduler"])
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         meta = json.loads((ckpt / "learner.json").read_text())
         self.policy_version, self.kl_coef = meta["policy_version"], meta["kl_coef"]
+
+    def _trained_models(self) -> list[tuple[str, torch.nn.Module, torch.optim.Optimizer]]:
+        """(checkpoint subdirectory, model, optimizer) of the policy and, for PPO, the critic."""
+        models = [("policy", self.model, self.optimizer)]
+        if self.critic is not None:
+            models.append(("critic", self.critic, self.critic_optimizer))
+        return models
 
     # --- data parallelism (called by rlft.learner.group.LearnerGroup) -----------------------------
 
@@ -408,6 +458,11 @@ class Learner:
         for model in (self.model, self.critic):
             if model is not None:
                 self.dp.broadcast_module(model)
+        if self.cfg.strategy == "fsdp2":
+            for model in (self.model, self.ref_model, self.critic):
+                if model is not None:
+                    self.dp.shard(model)
+            self._build_optimizers()  # over the sharded parameters
 
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 
@@ -433,6 +488,18 @@ class Learner:
     def export_weight_bucket(self, index: int, num_receivers: int) -> list[BucketPayload]:
         """CUDA IPC transport: pack bucket ``index``; one handle (or, on the CPU, copy) per receiver."""
         return self._bucket_exporter.export(index, self.policy_version, num_receivers)
+
+
+def _read_weights(model: torch.nn.Module, directory: Path) -> dict[str, torch.Tensor]:
+    """The full-model tensors of a ``save_pretrained`` directory, checked against ``model``'s
+    names (tied copies, which the file leaves out, may be missing)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(directory / "model.safetensors")
+    unexpected = sorted(weights.keys() - model.state_dict().keys())
+    if unexpected:
+        raise RuntimeError(f"checkpoint {directory} does not match the model: unexpected {unexpected}")
+    return weights
 
 
 def _load_weights(model: torch.nn.Module, directory: Path) -> None:

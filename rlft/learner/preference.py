@@ -94,7 +94,8 @@ class PreferenceLearner(Learner):
         metrics: dict[str, float] = {"loss": 0.0}
         logps = torch.zeros(len(rows), device=self.device)
         rewards = torch.zeros(len(rows), device=self.device)
-        for part in self._micro_batches(rows, unit=per_example):
+        plan = self._micro_batches(rows, unit=per_example)
+        for part in plan:
             mb_ref = None if ref is None else ref[part]
             losses, mb_logps, mb_rewards = self._losses(rows.select(part), mb_ref, chosen[part], kl)
             loss = losses.sum() / total  # the batch mean, accumulated over micro-batches (and ranks)
@@ -104,6 +105,8 @@ class PreferenceLearner(Learner):
 
         own_rewards = rewards
         if self.dp is not None:  # sum the loss and gradients; metrics over the whole batch
+            for _ in range(self.dp.extra_passes(len(plan))):
+                self._pass_without_effect(rows.select(plan[0]))
             metrics = self.dp.sum(metrics)
             self.dp.all_reduce_gradients(self.model)
             rows = [i * per_example + j for i in shard.indices for j in range(per_example)]

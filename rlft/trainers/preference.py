@@ -55,6 +55,7 @@ def train(cfg: RLFTConfig) -> Path:
             num_workers=lc.num_workers,
             num_cpus=lc.num_cpus_per_worker,
             num_gpus=lc.num_gpus_per_worker,
+            sharded=lc.strategy == "fsdp2",
         )
         start_step = checkpoint.resume(run_dir, resume_from, learner, sampler)
 
