@@ -331,3 +331,30 @@ def test_reward_presets_compose_and_load(preset, monkeypatch):
     cfg = load_config([f"reward={preset}"])
     with RewardManager.from_config(cfg.reward, search_dirs=[ROOT]) as rm:
         assert [fn.spec for fn in rm.functions] == cfg.reward.functions
+
+
+def test_library_through_the_manager_with_adversarial_completions():
+    """Several library functions at once on adversarial completions: the batch call whose regex
+    backtracks catastrophically times out (all its samples), the others score as when called alone."""
+    completions = [
+        "<think>ok</think><answer>#### 72</answer>",
+        HUGE + "\n#### 72",
+        "",
+        "日本語 <answer>" + "\\boxed{" * 100 + "</answer>",
+        "a" * 40 + "b",
+    ]
+    n = len(completions)
+    functions = ["gsm8k.py:gsm8k", "format.py:think_answer_format", "format.py:regex_match"]
+    rm = RewardManager(
+        [f"rewards/{f}" for f in functions],
+        weights=[1.0, 0.5, 1.0],
+        search_dirs=[ROOT],
+        params={"regex_match": {"pattern": "^(a+)+$"}},
+        timeout_s=1.0,
+        failure_reward=-1.0,
+    )
+    with rm:
+        rewards, metrics = rm.score([""] * n, completions, {"answer": ["72"] * n})
+    assert metrics["reward/regex_match/timeouts"] == n
+    assert (metrics["reward/gsm8k/mean"], metrics["reward/think_answer_format/mean"]) == (0.4, 0.2)
+    assert rewards == [1.0 + 0.5 - 1.0, 1.0 - 1.0, -1.0, -1.0, -1.0]
