@@ -17,11 +17,12 @@ class RewardModelWorker:
     """Scores (prompt, completion) pairs with ``AutoModelForSequenceClassification`` (one label).
 
     Formatting: with a chat template, the pair is the conversation
-    ``[{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]``
-    rendered by the reward model's own template (so the prompt should be the raw question, not a
-    string the policy's template already formatted); without one, the text is ``prompt +
-    completion``. The text is tokenized with the tokenizer's special tokens, and its score is the
-    model's logit at the last non-padding token (right padding).
+    ``[{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]`` (a
+    prompt that is a list of chat messages is the conversation so far) rendered by the reward
+    model's own template (so the prompt should be the raw question, not a string the policy's
+    template already formatted); without one, the text is the messages' contents + completion.
+    The text is tokenized with the tokenizer's special tokens, and its score is the model's logit
+    at the last non-padding token (right padding).
 
     Truncation: a text longer than ``reward.model.max_tokens`` (0 = the model's
     ``max_position_embeddings``) keeps its last ``max_tokens`` tokens, i.e. loses the start of the
