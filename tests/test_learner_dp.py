@@ -14,9 +14,11 @@ import torch
 
 from rlft.cluster import Cluster
 from rlft.config import AlgorithmConfig, ClusterConfig, LearnerConfig, ModelConfig, SamplingConfig
+from rlft.data.preference import PreferencePair
 from rlft.learner.batch import Sample
 from rlft.learner.group import LearnerGroup, split_by_tokens
 from rlft.learner.learner import Learner, _load_weights
+from rlft.learner.preference import PreferenceLearner
 
 
 def test_split_by_tokens_balances_each_mini_batch() -> None:
@@ -72,12 +74,12 @@ def _configs(tiny_model_dir: Path, strategy: str = "dp") -> tuple[Any, ...]:
     )
 
 
-def _sgd_learner() -> type:
+def _sgd_learner(base: type = Learner) -> type:
     """The learner with SGD (lr 1, momentum): the weight change is linear in the clipped gradients,
     so equal weights mean equal gradients (Adam's first step would turn float noise in near-zero
     gradients into +-lr). Defined here, not at module level, so Ray ships it by value."""
 
-    class SGDLearner(Learner):
+    class SGDLearner(base):
         def _build_optimizers(self) -> None:  # also called again after FSDP2 sharding
             super()._build_optimizers()
             params = [p for p in self.model.parameters() if p.requires_grad]
@@ -155,3 +157,37 @@ def test_two_learner_actors_match_one_learner(
             single.load_checkpoint(str(ckpt))
         _load_weights(single.model, ckpt / "policy")
     assert _max_diff(single.get_weights().tensors, weights.tensors) == 0.0
+
+
+def test_two_preference_learners_match_one(ray_cluster: Cluster, tiny_model_dir: Path) -> None:
+    """DPO: each rank takes half the pairs (split by tokens); loss, metrics, per-pair rewards and
+    the updated weights match one learner on all of them."""
+    rng = random.Random(3)
+
+    def ids(lo: int, hi: int) -> list[int]:
+        return [rng.randrange(5, 200) for _ in range(rng.randint(lo, hi))]
+
+    pairs = [PreferencePair(ids(2, 8), ids(1, 9), ids(1, 9)) for _ in range(6)]
+    cls = _sgd_learner(PreferenceLearner)
+    args = (
+        ModelConfig(path=str(tiny_model_dir)),
+        LearnerConfig(lr=1.0, per_device_samples_per_micro_batch=2),
+        AlgorithmConfig(kind="preference", preference_loss="sigmoid", beta=0.1),
+        0,  # seed
+        1,  # threads
+    )
+    single = cls(*args)
+    before = {k: v.clone() for k, v in single.get_weights().tensors.items()}
+    m1, r1 = single.preference_step(pairs)
+    group = LearnerGroup(ray_cluster, cls, *args, num_workers=2, num_cpus=1)
+    m2, r2 = group.preference_step(pairs, None)
+    weights = ray_cluster.get(group.get_weights.remote()).tensors
+    for r in group.ranks:
+        ray.kill(r)
+
+    for key in ("loss", "grad_norm", "rewards/margin", "logps/chosen", "logps/rejected"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
+    assert torch.allclose(torch.tensor(r1), torch.tensor(r2), rtol=1e-4, atol=1e-6)
+    after = single.get_weights().tensors
+    step = _max_diff(before, after)
+    assert step > 1e-3 and _max_diff(after, weights) < 1e-5 * max(1.0, step)
