@@ -6,19 +6,20 @@ _THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTA
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
-def think_answer_format(prompts: list[str], completions: list[str]) -> list[float]:
+def think_answer_format(prompts: list[str | list[dict[str, str]]], completions: list[str]) -> list[float]:
     r"""1.0 if the completion is ``<think>...</think>`` then ``<answer>...</answer>``, else 0.0.
 
     The DeepSeek-R1-Zero template (DeepSeek-AI 2025, arXiv 2501.12948, Table 1): reasoning in
     think tags, then the answer in answer tags. Leading and trailing whitespace is allowed, anything
     else outside the tags is not, and each of the four tags must appear exactly once. If the prompt
     ends with ``<think>`` (a template that pre-fills it), the completion is scored as if it began
-    with it.
+    with it; for a chat prompt (a list of messages) that is its last message.
     """
     scores = []
     for prompt, completion in zip(prompts, completions, strict=True):
         text = completion.strip()
-        if prompt.rstrip().endswith("<think>"):
+        last = prompt if isinstance(prompt, str) else (prompt[-1]["content"] if prompt else "")
+        if last.rstrip().endswith("<think>"):
             text = "<think>" + text
         once = all(text.count(tag) == 1 for tag in _TAGS)
         scores.append(float(once and _THINK_ANSWER.fullmatch(text) is not None))

@@ -163,6 +163,9 @@ def test_countdown_division_is_exact():
         ("", "<think>" + HUGE + "</think><answer>1</answer>", 1.0),
         ("", "<think>" + HUGE, 0.0),
         ("", "<think>思考 ✓</think><answer>答え</answer>", 1.0),
+        ([{"role": "user", "content": "q"}], "<think>a</think><answer>1</answer>", 1.0),  # chat prompt
+        ([{"role": "assistant", "content": "<think>"}], "a</think><answer>1</answer>", 1.0),
+        ([], "a</think><answer>1</answer>", 0.0),
     ],
     ids=short_id,
 )
