@@ -119,5 +119,8 @@ def test_recipe_runs_two_steps_on_the_tiny_model(name: str, tiny_model_dir: Path
     assert metrics[-1]["data/filtered_too_long"] == 0
     if cfg.algorithm.kind == "online":
         assert all(m["reward/mean"] == m["reward/mean"] for m in metrics)  # scored (not NaN)
+        prompt = json.loads((tmp_path / "run" / "samples.jsonl").read_text().splitlines()[0])["prompt"]
+        if cfg.data.prompt_template is not None:  # the template was filled from the row's columns
+            assert prompt.startswith(cfg.data.prompt_template.split("{")[0]) and "{" not in prompt[:40]
     else:
         assert all(m["loss"] == m["loss"] for m in metrics)
