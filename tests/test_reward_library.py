@@ -244,7 +244,7 @@ def fenced(code: str) -> str:
     return f"```python\n{code}\n```"
 
 
-def code_fn(timeout_s: float = 1.0):
+def code_fn(timeout_s: float = 10.0):
     fn = load_reward_function("rewards/code.py:code_tests", search_dirs=[ROOT])
     return fn.with_params({"timeout_s": timeout_s, "memory_mb": 512})
 
@@ -272,16 +272,16 @@ def test_code_extraction_prefers_the_last_python_block():
 def test_adversarial_code_scores_zero(name):
     start = time.monotonic()
     result = run_tests(
-        ADVERSARIAL_CODE[name], ["assert add(1, 2) == 3"], SandboxLimits(timeout_s=1, memory_mb=512)
+        ADVERSARIAL_CODE[name], ["assert add(1, 2) == 3"], SandboxLimits(timeout_s=2, memory_mb=512)
     )
     assert (result.passed, result.status != "passed") == (0, True)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15  # 2 s if it hangs; more only on a very loaded machine
     assert not Path("/tmp/rlft-sandbox-escape").exists()
 
 
 def test_sandbox_statuses_and_isolation():
-    limits = SandboxLimits(timeout_s=1, memory_mb=512)
-    assert run_tests("while True: pass", ["pass"], limits).status == "timeout"
+    assert run_tests("while True: pass", ["pass"], SandboxLimits(timeout_s=1)).status == "timeout"
+    limits = SandboxLimits(timeout_s=10, memory_mb=512)  # generous: these must finish
     assert run_tests("import os\nos._exit(0)", ["pass"], limits).status == "crashed"
     fork = run_tests("import os\nos.fork()", ["pass"], limits)
     assert (fork.status, "os.fork is not allowed" in fork.detail) == ("failed", True)
@@ -298,8 +298,8 @@ def test_adversarial_code_through_the_manager_the_run_goes_on(tmp_path):
     rm = RewardManager(
         ["rewards/code.py:code_tests"],
         search_dirs=[ROOT],
-        params={"code_tests": {"timeout_s": 1.0, "memory_mb": 512}},
-        timeout_s=10.0,
+        params={"code_tests": {"timeout_s": 3.0, "memory_mb": 512}},
+        timeout_s=30.0,
         max_concurrency=2,
     )
     with rm:
@@ -310,18 +310,20 @@ def test_adversarial_code_through_the_manager_the_run_goes_on(tmp_path):
 
 
 def test_manager_kills_a_hanging_math_check(tmp_path):
-    """sympy can take minutes on some answers; the call is killed at reward.timeout_s."""
+    """sympy can take long on some answers (math-verify's own limit is 5 s per step in a main
+    thread); the call is killed at reward.timeout_s."""
     rm = RewardManager(
-        ["rewards/math_answer.py:math_answer"], search_dirs=[ROOT], timeout_s=1.0, failure_reward=-1.0
+        ["rewards/math_answer.py:math_answer"], search_dirs=[ROOT], timeout_s=4.0, failure_reward=-1.0
     )
     with rm:
+        rm.score([""], [r"\boxed{1}"], {"answer": ["1"]})  # warm up the worker's sympy
         start = time.monotonic()
         rewards, metrics = rm.score(
             ["", "", ""], [r"\boxed{2}", r"\boxed{10^{10^{10}}}", r"\boxed{3}"], {"answer": ["2", "1", "4"]}
         )
         assert rewards == [1.0, -1.0, 0.0]
         assert metrics["reward/math_answer/timeouts"] == 1
-        assert time.monotonic() - start < 20
+        assert time.monotonic() - start < 30
         rewards, _ = rm.score([""], [r"\boxed{\frac{1}{2}}"], {"answer": ["0.5"]})  # a new worker
         assert rewards == [1.0] and not math.isnan(rewards[0])
 
@@ -353,7 +355,7 @@ def test_library_through_the_manager_with_adversarial_completions():
         weights=[1.0, 0.5, 1.0],
         search_dirs=[ROOT],
         params={"regex_match": {"pattern": "^(a+)+$"}},
-        timeout_s=1.0,
+        timeout_s=3.0,
         failure_reward=-1.0,
     )
     with rm:
