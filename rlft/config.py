@@ -165,6 +165,9 @@ class HFEngineConfig:
     cuda_graph: bool = True
     """Static decode on a GPU: capture each decode step once as a CUDA graph and replay it (false:
     run it eagerly, e.g. to debug)."""
+    compile: bool = False
+    """Static decode on a GPU: ``torch.compile`` the decode step (fused elementwise kernels) before
+    the CUDA graph captures it; costs a one-time compile per batch size and cache length."""
 
 
 HF_DECODES = ("auto", "static", "generate")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from rlft.config import HFEngineConfig, ModelConfig, SamplingConfig
-from rlft.modeling import token_logprobs
 from rlft.rollout.hf_engine import HFEngine, _top_k_top_p, sample_next
 
 PROMPTS = [[5, 17, 42, 9, 33, 8, 71], [12, 3], [100, 200, 300, 11]]
@@ -25,8 +24,8 @@ def _learner_logprobs(model: torch.nn.Module, prompt: list[int], tokens: list[in
     """Log-probabilities of ``tokens`` after ``prompt``, from one unpadded forward (the learner's view)."""
     ids = torch.tensor([prompt + tokens])
     with torch.no_grad():
-        logprobs, _ = token_logprobs(model(input_ids=ids).logits, ids, temperature=0.7)
-    return logprobs[0, len(prompt) :]
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits.double() / 0.7, -1).gather(-1, ids[0, len(prompt) :, None])[:, 0].float()
 
 
 @pytest.mark.parametrize("decode", ["auto", "generate"])

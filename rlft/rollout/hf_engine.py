@@ -27,7 +27,7 @@ from transformers import GenerationConfig
 
 from rlft.config import HFEngineConfig, ModelConfig, SamplingConfig
 from rlft.modeling import apply_lora, default_device, load_model, load_tokenizer
-from rlft.rollout.engine import Completion
+from rlft.rollout.engine import Completion, cut_at_stop
 from rlft.weights.buckets import copy_into
 
 STATIC_MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -64,6 +64,7 @@ class HFEngine:
                 self.tokenizer.pad_token_id,
                 self.tokenizer.eos_token_id,
                 cuda_graph=hf_cfg.cuda_graph and self.device.type == "cuda",
+                compile=hf_cfg.compile and self.device.type == "cuda",
             )
             if self.decode == "static"
             else None
@@ -136,8 +137,7 @@ class HFEngine:
                 k for k in range(1, len(tokens) + 1) if any(s in self._decode(tokens[:k]) for s in stop)
             )
             tokens, logprobs, reason = tokens[:end], logprobs[:end], "stop"
-            text = self._decode(tokens)
-            text = text[: min(text.find(s) + len(s) for s in stop if s in text)]
+            text = cut_at_stop(self._decode(tokens), stop)
         return Completion(token_ids=tokens, logprobs=logprobs, text=text, finish_reason=reason)
 
     def _decode(self, tokens: list[int]) -> str:
@@ -238,11 +238,13 @@ class StaticDecoder:
     are ``pad`` with logprob 0.
     """
 
-    def __init__(self, model: torch.nn.Module, pad: int, eos: int, cuda_graph: bool):
+    def __init__(self, model: torch.nn.Module, pad: int, eos: int, cuda_graph: bool, compile: bool = False):
         # peft wraps the transformers model; its LoRA layers live inside the inner model.
         self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.pad, self.eos = pad, eos
         self.cuda_graph = cuda_graph
+        # Compiled once per (batch, cache length): those are the shapes a decode step can have.
+        self._decode = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
         self._states: OrderedDict[tuple[int, int], _DecodeState] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if cuda_graph else None
 
@@ -334,7 +336,7 @@ class StaticDecoder:
     def _step(self, state: _DecodeState) -> torch.Tensor:
         """Next-token logits [B, V] (float32) of the tokens in ``state.token``."""
         if not self.cuda_graph:
-            return self._decode_step(state)[:, -1].float()
+            return self._decode(state)[:, -1].float()
         if state.graph is None:
             self._capture(state)
         state.graph.replay()
@@ -347,11 +349,11 @@ class StaticDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._decode_step(state)
+                self._decode(state)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            state.logits = self._decode_step(state)
+            state.logits = self._decode(state)
         state.graph = graph
 
 
