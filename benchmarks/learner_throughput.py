@@ -32,7 +32,21 @@ reference forward adds a third of each (2N, 4 * layers * hidden * seq). Peak = t
 A ``torch.profiler`` pass over one rlft step (at the fastest micro-batch size) then lists the
 kernels that take the device time (``<out>/profile.txt``).
 
+Learner options (all off by default, i.e. the padded path with the default 4096-token chunked
+LM head): ``--packing`` (``--packed-attention auto|varlen|mask``), ``--chunk-tokens`` (0 = full
+logits), ``--grad-ckpt``, ``--mixed-precision bf16`` (float32 weights saved and loaded, bf16
+autocast; else the weights are bf16 on the GPU), ``--max-tokens 16384,32768`` (token-budget
+micro-batches: the sizes swept instead of ``--micro``), ``--vary-lengths`` (completion lengths
+uniform in [completion-len / 4, completion-len], so packing has padding to remove). With
+varying lengths tokens = real tokens only, and the attention FLOPs are 12 * layers * hidden *
+sum(L_i^2) / tokens per token. Gradient-checkpointing recompute is not counted in MFU. Before
+timing, ``check`` compares the configured path's log-probabilities with the model's own padded
+full-logit forward (sdpa) on 4 samples (max |difference| over completion tokens, printed and
+stored with every case: about 1e-2 in bf16 from kernel rounding; larger means a bug).
+
   H200:           python benchmarks/learner_throughput.py --micro 4,8,16,32 --out $OUT
+  H200, fast path: python benchmarks/learner_throughput.py --packing --max-tokens 16384,32768 \
+                      --cases rlft,hf_noloss --out $OUT
   CPU dry run:    python benchmarks/learner_throughput.py --model tiny --prompt-len 8 \\
                       --completion-len 24 --samples 16 --micro 4,8 --repeats 2 --warmup 1
 
@@ -42,6 +56,7 @@ Prints a table last; writes one JSON object per case to ``<out>/learner_throughp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -51,8 +66,8 @@ import statistics
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -61,8 +76,9 @@ import torch
 from models import QWEN2_05B, save_random_qwen2  # benchmarks/models.py (scripts run from here)
 
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
-from rlft.learner.batch import Sample, collate
+from rlft.learner.batch import Batch, Sample, collate
 from rlft.learner.learner import Learner
+from rlft.learner.optim import autocast
 from rlft.tiny_model import build_tiny_model
 
 TINY = {
@@ -78,29 +94,50 @@ TINY = {
 """A small Qwen2 shape for the CPU dry run."""
 
 
-def build_model(kind: str, root: Path) -> tuple[ModelConfig, dict[str, Any]]:
-    """The model directory (random weights, bf16 on the GPU) and the shape it was built from."""
+def build_model(kind: str, root: Path, fp32: bool) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model directory (random weights, bf16 on the GPU unless ``fp32``) and its shape."""
     tiny = build_tiny_model(root / "tiny")
     shape = QWEN2_05B if kind == "qwen2-0.5b" else TINY
-    dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    dtype = "bfloat16" if torch.cuda.is_available() and not fp32 else "float32"
     path = save_random_qwen2(shape, root / f"{kind}-random-{dtype}", dtype)
     return ModelConfig(path=str(path), tokenizer_path=str(tiny), dtype=dtype), shape
 
 
-def make_samples(n: int, prompt_len: int, completion_len: int, vocab: int, seed: int) -> list[Sample]:
-    """Random token ids, random sampler log-probs, random rewards in groups of 8."""
+def make_samples(
+    n: int, prompt_len: int, completion_len: int, vocab: int, seed: int, vary: bool = False
+) -> list[Sample]:
+    """Random token ids, random sampler log-probs, random rewards in groups of 8; with ``vary``
+    completion lengths uniform in [completion_len / 4, completion_len]."""
     rng = random.Random(seed)
-    return [
-        Sample(
-            prompt_ids=[rng.randrange(vocab) for _ in range(prompt_len)],
-            completion_ids=[rng.randrange(vocab) for _ in range(completion_len)],
-            sampler_logprobs=[-rng.random() * 5 for _ in range(completion_len)],
-            reward=rng.random(),
-            group_id=i // 8,
-            policy_version=0,
+    samples = []
+    for i in range(n):
+        length = rng.randint(max(1, completion_len // 4), completion_len) if vary else completion_len
+        samples.append(
+            Sample(
+                prompt_ids=[rng.randrange(vocab) for _ in range(prompt_len)],
+                completion_ids=[rng.randrange(vocab) for _ in range(length)],
+                sampler_logprobs=[-rng.random() * 5 for _ in range(length)],
+                reward=rng.random(),
+                group_id=i // 8,
+                policy_version=0,
+            )
         )
-        for i in range(n)
-    ]
+    return samples
+
+
+def check_logprobs(learner: Learner, batch: Batch) -> float:
+    """max |log-prob difference| over the completion tokens of ``batch`` between the learner's
+    configured path (packing, chunked head, attention, autocast) and the model's own padded
+    full-logit forward with sdpa attention."""
+    cfg = learner.cfg
+    fast = learner._no_grad_forward(learner._logprobs_of(learner.model), batch)
+    learner.cfg = replace(cfg, packing=False, logprob_chunk_tokens=0)
+    try:
+        with sdpa_attention(learner.model):
+            reference = learner._no_grad_forward(learner._logprobs_of(learner.model), batch)
+    finally:
+        learner.cfg = cfg
+    return (fast - reference)[batch.completion_mask.bool()].abs().max().item()
 
 
 def sync() -> None:
@@ -147,6 +184,7 @@ class Result:
     mfu: float = float("nan")
     mfu_attn: float = float("nan")
     peak_mem_gb: float = float("nan")
+    max_tokens: int = 0
     status: str = "ok"
     times_s: list[float] = field(default_factory=list)
 
@@ -193,17 +231,36 @@ def time_case(
     return result
 
 
-def hf_step(model: torch.nn.Module, input_ids: torch.Tensor, micro: int, labels: bool) -> Callable[[], None]:
-    """One plain transformers forward/backward over ``input_ids`` in micro-batches."""
+@contextlib.contextmanager
+def sdpa_attention(model: torch.nn.Module) -> Iterator[None]:
+    """The model with transformers' sdpa attention for padded batches (the learner may have
+    switched it to rlft's varlen attention, which takes packed rows only)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    attention = base.config._attn_implementation
+    base.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(attention)
+
+
+def hf_step(
+    model: torch.nn.Module, input_ids: torch.Tensor, micro: int, labels: bool, learner_cfg: LearnerConfig
+) -> Callable[[], None]:
+    """One plain transformers forward/backward over ``input_ids`` in micro-batches (sdpa, under
+    the learner's autocast)."""
     n_micro = -(-len(input_ids) // micro)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        for lo in range(0, len(input_ids), micro):
-            ids = input_ids[lo : lo + micro]
-            loss = model(input_ids=ids, labels=ids).loss if labels else model(input_ids=ids).logits.sum()
-            (loss / n_micro).backward()
-            del loss
+        with sdpa_attention(model):
+            for lo in range(0, len(input_ids), micro):
+                ids = input_ids[lo : lo + micro]
+                with autocast(learner_cfg, ids.device):
+                    out = model(input_ids=ids, labels=ids if labels else None)
+                    loss = out.loss if labels else out.logits.sum()
+                (loss / n_micro).backward()
+                del loss, out
         model.zero_grad(set_to_none=True)
 
     return step
@@ -234,15 +291,16 @@ def profile_step(learner: Learner, samples: list[Sample], out: Path, top: int) -
 
 def table(results: list[Result], peak: float | None) -> str:
     head = (
-        "case       micro beta  tokens  median_s  tokens/s   TFLOP/s  MFU    TFLOP/s+attn  MFU+attn  "
-        "peak_GB  status"
+        "case       micro budget beta  tokens  median_s  tokens/s   TFLOP/s  MFU    TFLOP/s+attn  "
+        "MFU+attn  peak_GB  status"
     )
     rows = []
     for r in results:
         mfu = f"{r.mfu:6.1%}" if peak and r.status == "ok" else "     -"
         mfu_attn = f"{r.mfu_attn:8.1%}" if peak and r.status == "ok" else "       -"
         rows.append(
-            f"{r.case:<10} {r.micro:>5} {r.beta:>4g} {r.tokens:>7} {r.median_s:9.3f} {r.tokens_per_s:9.0f} "
+            f"{r.case:<10} {r.micro:>5} {r.max_tokens:>6} {r.beta:>4g} {r.tokens:>7} {r.median_s:9.3f} "
+            f"{r.tokens_per_s:9.0f} "
             f"{r.tflops:8.1f} {mfu} {r.tflops_attn:13.1f} {mfu_attn} {r.peak_mem_gb:8.1f}  {r.status}"
         )
     return "\n".join([head, *rows])
@@ -262,6 +320,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--packing", action="store_true", help="learner.packing=true")
+    parser.add_argument("--packed-attention", default="auto", choices=["auto", "varlen", "mask"])
+    parser.add_argument("--chunk-tokens", type=int, default=4096, help="learner.logprob_chunk_tokens")
+    parser.add_argument("--grad-ckpt", action="store_true", help="learner.gradient_checkpointing=true")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    parser.add_argument(
+        "--max-tokens", default="", help="token budgets per micro-batch, swept instead of --micro"
+    )
+    parser.add_argument("--vary-lengths", action="store_true", help="completion lengths in [len/4, len]")
     parser.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
     args = parser.parse_args()
 
@@ -273,19 +340,46 @@ def main() -> None:
     rates_text = {k: round(v, 1) for k, v in peak_rates.items()}
     print(f"bf16 matmul TFLOP/s: {rates_text}", flush=True)
 
-    model_cfg, shape = build_model(args.model, Path(tempfile.gettempdir()) / "rlft-bench")
+    fp32 = args.mixed_precision == "bf16"
+    model_cfg, shape = build_model(args.model, Path(tempfile.gettempdir()) / "rlft-bench", fp32)
     seq = args.prompt_len + args.completion_len
-    samples = make_samples(args.samples, args.prompt_len, args.completion_len, shape["vocab_size"], 0)
-    tokens = args.samples * seq
-    micros = [int(m) for m in args.micro.split(",")]
+    samples = make_samples(
+        args.samples, args.prompt_len, args.completion_len, shape["vocab_size"], 0, args.vary_lengths
+    )
+    lengths = [len(x.prompt_ids) + len(x.completion_ids) for x in samples]
+    tokens = sum(lengths)
+    budgets = [int(m) for m in args.max_tokens.split(",")] if args.max_tokens else [0]
+    micros = [int(m) for m in args.micro.split(",")] if not args.max_tokens else [args.samples]
     cases = args.cases.split(",")
 
-    learner_cfg = LearnerConfig(per_device_samples_per_micro_batch=micros[0])
+    learner_cfg = LearnerConfig(
+        per_device_samples_per_micro_batch=micros[0],
+        max_tokens_per_micro_batch=budgets[0],
+        packing=args.packing,
+        packed_attention=args.packed_attention,
+        logprob_chunk_tokens=args.chunk_tokens,
+        gradient_checkpointing=args.grad_ckpt,
+        mixed_precision=args.mixed_precision,
+    )
     sampling = SamplingConfig(max_new_tokens=args.completion_len)
     learner = Learner(model_cfg, learner_cfg, AlgorithmConfig(beta=0.0), sampling, seed=0)
     n_params = sum({p.data_ptr(): p.numel() for p in learner.model.parameters()}.values())
-    attn = 12 * shape["num_hidden_layers"] * shape["hidden_size"] * seq
+    attn = 12 * shape["num_hidden_layers"] * shape["hidden_size"] * sum(n * n for n in lengths) / tokens
+    check = check_logprobs(learner, collate(samples[:4], learner.pad_token_id).to(learner.device))
+    print(f"check: max |logprob - padded full-logit sdpa logprob| = {check:.3g}", flush=True)
     info = {
+        "learner_options": {
+            k: getattr(learner_cfg, k)
+            for k in (
+                "packing",
+                "packed_attention",
+                "logprob_chunk_tokens",
+                "gradient_checkpointing",
+                "mixed_precision",
+            )
+        },
+        "vary_lengths": args.vary_lengths,
+        "logprob_check_max_abs_diff": check,
         "model": args.model,
         "parameters": n_params,
         "seq": seq,
@@ -307,31 +401,60 @@ def main() -> None:
         with open(out / "learner_throughput.jsonl", "a") as f:
             f.write(json.dumps({**asdict(result), **info, "host": platform.node(), "date": stamp}) + "\n")
 
-    def run(case: str, micro: int, beta: float, step: Callable[[], Any], per_token: tuple[float, float]):
+    def run(
+        case: str,
+        micro: int,
+        beta: float,
+        step: Callable[[], Any],
+        per_token: tuple[float, float],
+        budget: int = 0,
+    ):
         try:
-            result = Result(case, micro, beta, tokens)
+            result = Result(case, micro, beta, tokens, max_tokens=budget)
             record(time_case(step, result, args.warmup, args.repeats, per_token, peak))
         except Exception:  # record the failure, go on with the other cases
-            print(f"FAILED: {case} micro={micro}\n{traceback.format_exc()}", flush=True)
-            record(Result(case, micro, beta, tokens, status="error"))
+            print(f"FAILED: {case} micro={micro} budget={budget}\n{traceback.format_exc()}", flush=True)
+            record(Result(case, micro, beta, tokens, max_tokens=budget, status="error"))
 
     train_flops = (6 * n_params, 6 * n_params + attn)
     input_ids = collate(samples, learner.pad_token_id).input_ids.to(learner.device)
-    for micro in micros:
-        if "rlft" in cases:
+    for budget in budgets:
+        if "rlft" in cases and budget:
+            learner.cfg.max_tokens_per_micro_batch = budget
+            run("rlft", args.samples, 0.0, lambda: learner.train_step(samples), train_flops, budget)
+    for micro in micros if not args.max_tokens else [max(1, budgets[0] // seq)]:
+        if "rlft" in cases and not args.max_tokens:
             learner.cfg.per_device_samples_per_micro_batch = micro
             run("rlft", micro, 0.0, lambda: learner.train_step(samples), train_flops)
         learner.optimizer.zero_grad(set_to_none=True)
         if "hf_labels" in cases:
-            run("hf_labels", micro, 0.0, hf_step(learner.model, input_ids, micro, True), train_flops)
+            run(
+                "hf_labels",
+                micro,
+                0.0,
+                hf_step(learner.model, input_ids, micro, True, learner_cfg),
+                train_flops,
+            )
         if "hf_noloss" in cases:
-            run("hf_noloss", micro, 0.0, hf_step(learner.model, input_ids, micro, False), train_flops)
+            run(
+                "hf_noloss",
+                micro,
+                0.0,
+                hf_step(learner.model, input_ids, micro, False, learner_cfg),
+                train_flops,
+            )
 
     ok = [r for r in results if r.case == "rlft" and r.status == "ok"]
-    best = max(ok, key=lambda r: r.tokens_per_s).micro if ok else micros[0]
+    fastest = (
+        max(ok, key=lambda r: r.tokens_per_s)
+        if ok
+        else Result("rlft", micros[0], 0, 0, max_tokens=budgets[0])
+    )
+    best, best_budget = fastest.micro, fastest.max_tokens
     profile = None
     if not args.no_profile and ok:
         learner.cfg.per_device_samples_per_micro_batch = best
+        learner.cfg.max_tokens_per_micro_batch = best_budget
         try:
             profile = profile_step(learner, samples, out, top=15)
         except Exception:
@@ -342,13 +465,15 @@ def main() -> None:
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-        cfg = LearnerConfig(per_device_samples_per_micro_batch=best)
+        cfg = replace(
+            learner_cfg, per_device_samples_per_micro_batch=best, max_tokens_per_micro_batch=best_budget
+        )
         try:
             ref_learner = Learner(model_cfg, cfg, AlgorithmConfig(beta=args.beta), sampling, seed=0)
             ref_flops = (8 * n_params, 8 * n_params + attn * 4 // 3)
-            run("rlft+ref", best, args.beta, lambda: ref_learner.train_step(samples), ref_flops)
+            run("rlft+ref", best, args.beta, lambda: ref_learner.train_step(samples), ref_flops, best_budget)
         except torch.OutOfMemoryError:
-            record(Result("rlft+ref", best, args.beta, tokens, status="OOM"))
+            record(Result("rlft+ref", best, args.beta, tokens, max_tokens=best_budget, status="OOM"))
 
     if profile:
         print(f"\nprofile: one rlft train_step at micro={best}, top kernels by self device time")
@@ -357,7 +482,8 @@ def main() -> None:
     peak_text = f"{peak:.1f}" if peak else "n/a"
     print(
         f"\nlearner throughput, {args.model} ({n_params:,} params, seq {seq} = "
-        f"{args.prompt_len}+{args.completion_len}, {args.samples} samples/step = {tokens} tokens), "
+        f"{args.prompt_len}+{args.completion_len}{' (varied)' if args.vary_lengths else ''}, "
+        f"{args.samples} samples/step = {tokens} tokens), {info['learner_options']}, "
         f"{info['device']}, measured bf16 peak {peak_text} TFLOP/s, {when}, total "
         f"{time.perf_counter() - t0:.0f}s"
     )

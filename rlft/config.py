@@ -258,6 +258,11 @@ class LearnerConfig:
     packing: bool = False
     """Sequence packing: a micro-batch's samples are concatenated into one row without padding,
     position ids restart per sample and attention does not cross samples."""
+    packed_attention: str = "auto"
+    """Attention over packed rows: varlen (torch's variable-length flash kernel on a GPU in
+    bf16/fp16; one attention per sample elsewhere) | mask (the model's own attention with a
+    block-diagonal mask from the position ids: attends over the whole row) | auto (varlen on a
+    GPU, else mask)."""
     logprob_chunk_tokens: int = 4096
     """Tokens per pass through the LM head when computing log-probabilities from the final hidden
     states: the [tokens, vocab] logits never exist at once. 0 = the model's full logits in one
@@ -698,7 +703,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     from rlft import algorithms
     from rlft.cluster import MODES
     from rlft.learner.optim import LR_SCHEDULERS, MIXED_PRECISION
-    from rlft.modeling import DTYPES, QUANTIZATIONS
+    from rlft.modeling import DTYPES, PACKED_ATTENTION, QUANTIZATIONS
     from rlft.rollout.worker import ENGINES
     from rlft.weights import TRANSPORTS
 
@@ -718,6 +723,7 @@ def _check_names(cfg: RLFTConfig) -> None:
         ("model.lora.quantize", cfg.model.lora.quantize, QUANTIZATIONS),
         ("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION),
         ("learner.lr_scheduler", cfg.learner.lr_scheduler, LR_SCHEDULERS),
+        ("learner.packed_attention", cfg.learner.packed_attention, PACKED_ATTENTION),
         ("weights.transport", cfg.weights.transport, TRANSPORTS),
         ("cluster.mode", cfg.cluster.mode, MODES),
         ("tracking.wandb.mode", cfg.tracking.wandb.mode, wandb_modes),

@@ -3,6 +3,7 @@ and per-token log-probabilities computed from the final hidden states in chunks.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -14,6 +15,10 @@ from rlft.tiny_model import resolve_model_path
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("none", "4bit")
 """``model.lora.quantize`` values: 4bit = QLoRA (NF4 base weights through bitsandbytes)."""
+PACKED_ATTENTION = ("auto", "varlen", "mask")
+"""``learner.packed_attention`` values (see :func:`use_varlen_attention`)."""
+VARLEN_ATTENTION = "rlft_varlen"
+"""Name of :func:`_varlen_attention` in transformers' ``AttentionInterface``."""
 
 
 def _quiet_transformers() -> None:
@@ -111,6 +116,83 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def use_varlen_attention(model: torch.nn.Module) -> None:
+    """Make ``model`` attend with :func:`_varlen_attention` (packed rows only): on a GPU in
+    bf16/fp16, torch's variable-length flash-attention kernel, which does causal attention within
+    each sample of a packed row at the cost of the samples alone. The default transformers path
+    for packed rows instead builds a [T, T] block-diagonal mask and attends over the whole row."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(VARLEN_ATTENTION)
+    if base.config._attn_implementation != VARLEN_ATTENTION:
+        raise ValueError(
+            f"{type(base).__name__} cannot switch its attention implementation: set "
+            "learner.packed_attention=mask"
+        )
+
+
+def _varlen_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: Tensor | None = None,
+    max_length_q: int | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """Causal attention within each sample of one packed row, for transformers' attention
+    interface: ``query`` [1, Hq, T, D], ``key``/``value`` [1, Hkv, T, D] (grouped-query heads
+    allowed), samples at ``cu_seq_lens_q``. Returns [1, T, Hq, D]. CUDA bf16/fp16 inputs go to
+    ``torch.nn.attention.varlen.varlen_attn``; anything else to one causal sdpa per sample (the
+    same function; used on the CPU)."""
+    if cu_seq_lens_q is None or query.shape[0] != 1:
+        raise ValueError(
+            f"{VARLEN_ATTENTION} attention takes one packed row with cu_seq_lens_q (learner.packing)"
+        )
+    if sliding_window or dropout:
+        raise ValueError(
+            f"{VARLEN_ATTENTION} attention has no sliding window or dropout: learner.packed_attention=mask"
+        )
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        from torch.nn.attention.varlen import varlen_attn
+
+        longest = int(max_length_q)
+        gqa = q.shape[1] != k.shape[1]
+        out = varlen_attn(
+            q,
+            k,
+            v,
+            cu_seq_lens_q,
+            cu_seq_lens_q,
+            longest,
+            longest,
+            scale=scaling,
+            window_size=(-1, 0),
+            enable_gqa=gqa,
+        )
+        return out[None], None
+    bounds = cu_seq_lens_q.tolist()
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1),
+            k[a:b].transpose(0, 1),
+            v[a:b].transpose(0, 1),
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=True,
+        ).transpose(0, 1)
+        for a, b in itertools.pairwise(bounds)
+    ]
+    return torch.cat(parts)[None], None
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -11,7 +11,7 @@ import torch
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Sample, collate, pack, plan_micro_batches
 from rlft.learner.learner import Learner
-from rlft.modeling import causal_lm_logprobs, load_model
+from rlft.modeling import causal_lm_logprobs, load_model, use_varlen_attention
 
 
 def _samples(n: int = 12, seed: int = 0) -> list[Sample]:
@@ -66,12 +66,15 @@ def test_pack_restarts_positions_and_unpacks_to_the_padded_layout() -> None:
 # --- equality with padded batches ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("attention", ["mask", "varlen"])
 def test_packed_rows_give_the_padded_logprobs_and_attention_does_not_cross_samples(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, attention: str
 ) -> None:
     """float64 tiny model: a packed row's logprobs and parameter gradients equal the padded
-    batch's. Control: the same packed row with a plain all-ones attention mask (attention across
-    samples) gives different logprobs, so the equality is not vacuous."""
+    batch's, with transformers' sdpa and the block mask it derives from the position ids, and
+    with rlft's varlen attention (its per-sample path on the CPU). Control: the same packed row
+    with a plain all-ones attention mask (attention across samples) gives different logprobs,
+    so the equality is not vacuous."""
     model = load_model(ModelConfig(path=str(tiny_model_dir))).double().eval()
     batch = collate(_samples(), 0)
     padded, _ = causal_lm_logprobs(
@@ -79,6 +82,8 @@ def test_packed_rows_give_the_padded_logprobs_and_attention_does_not_cross_sampl
     )
     padded_grads = torch.autograd.grad((padded * padded.detach().exp()).sum(), list(model.parameters()))
     packed = pack(batch)
+    if attention == "varlen":
+        use_varlen_attention(model)
     row, _ = causal_lm_logprobs(
         model, packed.input_ids, packed.completion_mask, **packed.forward_kwargs(), chunk_tokens=16
     )
@@ -87,7 +92,8 @@ def test_packed_rows_give_the_padded_logprobs_and_attention_does_not_cross_sampl
     grads = torch.autograd.grad((unpacked * unpacked.detach().exp()).sum(), list(model.parameters()))
     for g, r in zip(grads, padded_grads, strict=True):
         assert torch.allclose(g, r, rtol=0, atol=1e-11)
-
+    if attention == "varlen":
+        return
     crossing, _ = causal_lm_logprobs(
         model,
         packed.input_ids,
@@ -121,16 +127,25 @@ def _update(learner: Learner, samples: list[Sample]) -> tuple[dict[str, float], 
 
 
 @pytest.mark.parametrize(
-    "loss_agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
+    ("loss_agg", "attention"),
+    [
+        ("token_mean", "mask"),
+        ("seq_mean_token_mean", "mask"),
+        ("seq_mean_token_sum", "mask"),
+        ("seq_mean_token_sum_norm", "mask"),
+        ("seq_mean_token_mean", "varlen"),
+    ],
 )
 def test_packed_and_padded_train_steps_give_the_same_loss_and_gradients(
-    tiny_model_dir: Path, loss_agg: str
+    tiny_model_dir: Path, loss_agg: str, attention: str
 ) -> None:
     """Padded micro-batches of 5 samples vs packed micro-batches by a 40-token budget: same
     loss, KL, entropy and gradient (= SGD weight change) for every aggregation."""
     samples = _samples()
     m_pad, g_pad = _update(_learner(tiny_model_dir, loss_agg, per_device_samples_per_micro_batch=5), samples)
-    packed = _learner(tiny_model_dir, loss_agg, packing=True, max_tokens_per_micro_batch=40)
+    packed = _learner(
+        tiny_model_dir, loss_agg, packing=True, max_tokens_per_micro_batch=40, packed_attention=attention
+    )
     assert len(packed._micro_batches(collate(samples, 0))) > 2
     m_pack, g_pack = _update(packed, samples)
     for key in ("loss/policy", "kl", "entropy", "grad_norm", "clip_frac"):

@@ -34,6 +34,7 @@ from rlft.learner.batch import Batch, Sample, collate, pack, plan_micro_batches
 from rlft.learner.distributed import DataParallel, RendezvousSpec, Shard, open_rendezvous
 from rlft.learner.optim import autocast, build_optimizer, build_scheduler
 from rlft.modeling import (
+    PACKED_ATTENTION,
     causal_lm_logprobs,
     default_device,
     enable_gradient_checkpointing,
@@ -42,6 +43,7 @@ from rlft.modeling import (
     load_tokenizer,
     load_value_model,
     token_values,
+    use_varlen_attention,
 )
 from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
 
@@ -75,6 +77,10 @@ class Learner:
         self.ref_model = None
         if self.needs_reference() and not self.lora:
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
+        if learner_cfg.packing and _varlen(learner_cfg.packed_attention, self.device):
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    use_varlen_attention(model)
         self.critic = None
         if algorithm_cfg.kind == "online" and algorithm_cfg.advantage == "gae":
             self.critic = load_value_model(model_cfg, self.device).eval()
@@ -500,6 +506,13 @@ def _read_weights(model: torch.nn.Module, directory: Path) -> dict[str, torch.Te
     if unexpected:
         raise RuntimeError(f"checkpoint {directory} does not match the model: unexpected {unexpected}")
     return weights
+
+
+def _varlen(packed_attention: str, device: torch.device) -> bool:
+    """Whether packed rows use the varlen attention (``learner.packed_attention``)."""
+    if packed_attention not in PACKED_ATTENTION:
+        raise ValueError(f"learner.packed_attention={packed_attention!r} is not one of {PACKED_ATTENTION}")
+    return packed_attention == "varlen" or (packed_attention == "auto" and device.type == "cuda")
 
 
 def _load_weights(model: torch.nn.Module, directory: Path) -> None:
