@@ -262,7 +262,7 @@ class LearnerConfig:
     """Attention over packed rows: varlen (torch's variable-length flash kernel on a GPU in
     bf16/fp16; one attention per sample elsewhere) | mask (the model's own attention with a
     block-diagonal mask from the position ids: attends over the whole row) | auto (varlen on a
-    GPU, else mask)."""
+    GPU with torch.nn.attention.varlen, else mask)."""
     logprob_chunk_tokens: int = 4096
     """Tokens per pass through the LM head when computing log-probabilities from the final hidden
     states: the [tokens, vocab] logits never exist at once. 0 = the model's full logits in one

@@ -3,6 +3,8 @@ and per-token log-probabilities computed from the final hidden states in chunks.
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import itertools
 from typing import Any
 
@@ -118,6 +120,11 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
     return get_peft_model(model, lora)
 
 
+def varlen_kernel_available() -> bool:
+    """Whether this torch has ``torch.nn.attention.varlen`` (flash attention over packed rows)."""
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
 def use_varlen_attention(model: torch.nn.Module) -> None:
     """Make ``model`` attend with :func:`_varlen_attention` (packed rows only): on a GPU in
     bf16/fp16, torch's variable-length flash-attention kernel, which does causal attention within
@@ -165,20 +172,15 @@ def _varlen_attention(
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention.varlen import varlen_attn
 
+        # torch releases differ: causal is window_size=(-1, 0) (>= 2.11) or is_causal=True; GQA
+        # heads are passed through to flash attention, and newer releases ask for enable_gqa.
+        params = inspect.signature(varlen_attn).parameters
+        options: dict[str, Any] = {"scale": scaling}
+        options.update({"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True})
+        if "enable_gqa" in params:
+            options["enable_gqa"] = q.shape[1] != k.shape[1]
         longest = int(max_length_q)
-        gqa = q.shape[1] != k.shape[1]
-        out = varlen_attn(
-            q,
-            k,
-            v,
-            cu_seq_lens_q,
-            cu_seq_lens_q,
-            longest,
-            longest,
-            scale=scaling,
-            window_size=(-1, 0),
-            enable_gqa=gqa,
-        )
+        out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_q, longest, longest, **options)
         return out[None], None
     bounds = cu_seq_lens_q.tolist()
     parts = [

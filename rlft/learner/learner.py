@@ -44,6 +44,7 @@ from rlft.modeling import (
     load_value_model,
     token_values,
     use_varlen_attention,
+    varlen_kernel_available,
 )
 from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
 
@@ -512,7 +513,8 @@ def _varlen(packed_attention: str, device: torch.device) -> bool:
     """Whether packed rows use the varlen attention (``learner.packed_attention``)."""
     if packed_attention not in PACKED_ATTENTION:
         raise ValueError(f"learner.packed_attention={packed_attention!r} is not one of {PACKED_ATTENTION}")
-    return packed_attention == "varlen" or (packed_attention == "auto" and device.type == "cuda")
+    auto = device.type == "cuda" and varlen_kernel_available()
+    return packed_attention == "varlen" or (packed_attention == "auto" and auto)
 
 
 def _load_weights(model: torch.nn.Module, directory: Path) -> None:
