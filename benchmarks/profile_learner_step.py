@@ -44,6 +44,33 @@ def timed(stages: dict[str, float], name: str, fn: Callable[..., Any]) -> Callab
     return wrapper
 
 
+def rollout_then_train(
+    args: argparse.Namespace, model_cfg: ModelConfig, learner: Learner, samples: list[Sample]
+) -> None:
+    """train_step times after a rollout of 8 prompts x 8 x ``--completion-len`` tokens each."""
+    import gc
+
+    from rlft.rollout.hf_engine import HFEngine
+
+    engine = HFEngine(model_cfg)
+    prompts = [s.prompt_ids for s in samples[:: max(1, len(samples) // 8)]][:8]
+    sampling = SamplingConfig(max_new_tokens=args.completion_len)
+    for collector in ("on", "off"):
+        if collector == "off":
+            gc.collect()
+            gc.disable()
+        times = []
+        for i in range(4):
+            engine.generate(prompts, 8, sampling, seed=i)
+            sync()
+            start = time.perf_counter()
+            learner.train_step(samples)
+            sync()
+            times.append(round(time.perf_counter() - start, 3))
+        print(f"train_step after a rollout, gc {collector}: {times} s")
+    gc.enable()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,6 +81,12 @@ def main() -> None:
     parser.add_argument("--completion-len", type=int, default=256)
     parser.add_argument("--micro", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--with-rollout",
+        action="store_true",
+        help="also time train_step right after an hf-engine rollout in the same process (as in "
+        "cluster.mode=local), with Python's garbage collector on and then off",
+    )
     parser.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="learner-profile-"))
@@ -84,6 +117,8 @@ def main() -> None:
     ]
     for _ in range(args.warmup):
         learner.train_step(samples)
+    if args.with_rollout:
+        rollout_then_train(args, model_cfg, learner, samples)
     stages: dict[str, float] = {}
     for name in ("_prepare", "_optimizer_step", "_clip_and_step"):
         setattr(learner, name, timed(stages, name, getattr(learner, name)))
