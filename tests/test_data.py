@@ -27,7 +27,7 @@ def test_builtin_task_rows_are_deterministic_and_carry_ground_truth() -> None:
 
 
 def test_unknown_builtin_task() -> None:
-    with pytest.raises(ValueError, match="known: repeat_digit"):
+    with pytest.raises(ValueError, match="known: arithmetic, repeat_digit"):
         PromptSampler(DataConfig(path="builtin:nope"), seed=0)
 
 

@@ -86,7 +86,7 @@ def load_prompt_rows(
                 f"{source!r} is a generated task: set data.eval_size=<rows> to evaluate on "
                 "that many rows generated with data.eval_seed"
             )
-        stream = builtin_task(source.removeprefix("builtin:"), cfg.eval_seed + EVAL_SEED_OFFSET)
+        stream = builtin_task(source.removeprefix("builtin:"), cfg.eval_seed + EVAL_SEED_OFFSET, "eval")
         raw = list(itertools.islice(stream, cfg.eval_size))
     else:
         raw = read_split(cfg, split)
