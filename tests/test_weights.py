@@ -166,7 +166,7 @@ def _train_one_step(cluster: Cluster, learner: Any, worker: Any, cfg: Any) -> No
         for i, group in enumerate(groups)
         for c, r in zip(group, [1.0, -1.0], strict=True)
     ]
-    cluster.get(learner.train_step.remote(samples))
+    learner.train_step(samples)  # a LearnerGroup (start_workers)
 
 
 def _assert_synced(cluster: Cluster, learner: Any, worker: Any, cfg: Any, metrics: dict[str, float]) -> None:
