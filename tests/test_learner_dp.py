@@ -14,7 +14,7 @@ import torch
 
 from rlft.cluster import Cluster
 from rlft.config import AlgorithmConfig, ClusterConfig, LearnerConfig, ModelConfig, SamplingConfig
-from rlft.data.preference import PreferencePair
+from rlft.data.preference import PreferencePair, UnpairedExample
 from rlft.learner.batch import Sample
 from rlft.learner.group import LearnerGroup, split_by_tokens
 from rlft.learner.learner import Learner, _load_weights
@@ -159,33 +159,42 @@ def test_two_learner_actors_match_one_learner(
     assert _max_diff(single.get_weights().tensors, weights.tensors) == 0.0
 
 
-def test_two_preference_learners_match_one(ray_cluster: Cluster, tiny_model_dir: Path) -> None:
-    """DPO: each rank takes half the pairs (split by tokens); loss, metrics, per-pair rewards and
-    the updated weights match one learner on all of them."""
+@pytest.mark.parametrize("loss", ["sigmoid", "kto"])
+def test_two_preference_learners_match_one(loss: str, ray_cluster: Cluster, tiny_model_dir: Path) -> None:
+    """DPO and KTO: each rank takes half the examples (split by tokens); loss, metrics, per-example
+    rewards and the updated weights match one learner on all of them (KTO's reference point pairs
+    each example with the one before it in the whole batch)."""
     rng = random.Random(3)
 
     def ids(lo: int, hi: int) -> list[int]:
         return [rng.randrange(5, 200) for _ in range(rng.randint(lo, hi))]
 
-    pairs = [PreferencePair(ids(2, 8), ids(1, 9), ids(1, 9)) for _ in range(6)]
+    if loss == "kto":
+        examples = [UnpairedExample(ids(2, 8), ids(1, 9), i % 3 != 0) for i in range(6)]
+    else:
+        examples = [PreferencePair(ids(2, 8), ids(1, 9), ids(1, 9)) for _ in range(6)]
     cls = _sgd_learner(PreferenceLearner)
     args = (
         ModelConfig(path=str(tiny_model_dir)),
         LearnerConfig(lr=1.0, per_device_samples_per_micro_batch=2),
-        AlgorithmConfig(kind="preference", preference_loss="sigmoid", beta=0.1),
+        AlgorithmConfig(kind="preference", preference_loss=loss, beta=0.1),
         0,  # seed
         1,  # threads
     )
     single = cls(*args)
+    single.preference_step(examples)  # a first step: the policy moves away from the reference
     before = {k: v.clone() for k, v in single.get_weights().tensors.items()}
-    m1, r1 = single.preference_step(pairs)
+    m1, r1 = single.preference_step(examples)
     group = LearnerGroup(ray_cluster, cls, *args, num_workers=2, num_cpus=1)
-    m2, r2 = group.preference_step(pairs, None)
+    group.preference_step(examples, None)
+    m2, r2 = group.preference_step(examples, None)
     weights = ray_cluster.get(group.get_weights.remote()).tensors
     for r in group.ranks:
         ray.kill(r)
 
-    for key in ("loss", "grad_norm", "rewards/margin", "logps/chosen", "logps/rejected"):
+    for key in ["loss", "grad_norm", "rewards/margin", "logps/chosen", "logps/rejected", "kl"]:
+        if key not in m1:  # kl: KTO only
+            continue
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
     assert torch.allclose(torch.tensor(r1), torch.tensor(r2), rtol=1e-4, atol=1e-6)
     after = single.get_weights().tensors

@@ -134,11 +134,13 @@ class LearnerGroup:
         if self.world_size == 1:
             return self.cluster.get(self.ranks[0].preference_step.remote(batch, ref_logps))
         shards = split_by_tokens([_example_tokens(e) for e in batch], self.world_size, len(batch))
+        unpaired = not hasattr(batch[0], "chosen_ids")  # KTO: each example meets the one before it
         results = self._all(
             lambda rank, r: r.preference_step.remote(
                 [batch[i] for i in shards[rank].indices],
                 None if ref_logps is None else [ref_logps[i] for i in shards[rank].indices],
                 shards[rank],
+                [batch[i - 1].completion_ids for i in shards[rank].indices] if unpaired else None,
             )
         )
         rewards: list[Any] = [None] * len(batch)

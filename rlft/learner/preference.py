@@ -22,7 +22,7 @@ from rlft.algorithms.registry import get_preference_loss
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import Example, UnpairedExample
 from rlft.learner.batch import Batch, Sample, collate
-from rlft.learner.distributed import RendezvousSpec, Shard
+from rlft.learner.distributed import Shard
 from rlft.learner.learner import Learner
 
 Logps = list[tuple[float, ...]]
@@ -54,26 +54,23 @@ class PreferenceLearner(Learner):
     def needs_reference(self) -> bool:
         return self.algo.preference_loss not in REFERENCE_FREE_PREFERENCE_LOSSES
 
-    def join_data_parallel(self, spec: RendezvousSpec, rank: int) -> None:
-        if self.unpaired:  # its reference point z0 pairs each example with its neighbour in the batch
-            raise ValueError(
-                f"algorithm.preference_loss={self.algo.preference_loss} (unpaired) supports only "
-                "learner.num_workers=1"
-            )
-        super().join_data_parallel(spec, rank)
-
     def reference_logps(self, batch: list[Example]) -> Logps:
         """The frozen reference's summed completion log-probs of each example (for a cache)."""
         rows = self._collate(batch)
         return [tuple(x) for x in self._sequence_logps(rows, reference=True).view(len(batch), -1).tolist()]
 
     def preference_step(
-        self, batch: list[Example], ref_logps: Logps | None = None, shard: Shard | None = None
+        self,
+        batch: list[Example],
+        ref_logps: Logps | None = None,
+        shard: Shard | None = None,
+        previous: list[list[int]] | None = None,
     ) -> tuple[dict[str, float], Logps]:
         """One optimizer step on ``batch``; ``ref_logps`` (from :meth:`reference_logps`) saves the
         reference forward pass. Returns the metrics and each example's implicit rewards, shaped
         like ``ref_logps``. With several learners ``batch`` is this rank's ``shard`` of the global
-        batch: the loss is the global batch mean and the metrics are the whole batch's."""
+        batch: the loss is the global batch mean and the metrics are the whole batch's; for KTO,
+        ``previous`` holds the completion of the example before each one in the global batch."""
         total = len(batch) if shard is None else shard.total
         start = time.perf_counter()
         rows = self._collate(batch)
@@ -88,7 +85,7 @@ class PreferenceLearner(Learner):
             if self.unpaired
             else torch.arange(len(rows), device=self.device) % 2 == 0
         )
-        kl = self._kto_kl(batch) if self.unpaired else None
+        kl = self._kto_kl(batch, previous) if self.unpaired else None
 
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {"loss": 0.0}
@@ -160,17 +157,22 @@ class PreferenceLearner(Learner):
             logprobs = self._no_grad_forward(self._logprobs_of(self.model), rows)
         return (logprobs * rows.completion_mask).sum(-1)
 
-    def _kto_kl(self, batch: list[UnpairedExample]) -> torch.Tensor:
+    def _kto_kl(self, batch: list[UnpairedExample], previous: list[list[int]] | None = None) -> torch.Tensor:
         """KTO's reference point z0 (Ethayarajh et al. 2024, arXiv 2402.01306, section 4), estimated
         as in the authors' code and TRL: the mean policy-vs-reference log-ratio of mismatched pairs
-        (each prompt with the previous example's completion), clamped at 0, without gradient."""
+        (each prompt with the previous example's completion, ``previous``; by default the batch's
+        own), clamped at 0, without gradient. With several learners the mean is over all ranks."""
+        if previous is None:
+            previous = [batch[i - 1].completion_ids for i in range(len(batch))]
         mismatched = [
-            UnpairedExample(e.prompt_ids, batch[i - 1].completion_ids, e.desirable)
-            for i, e in enumerate(batch)
+            UnpairedExample(e.prompt_ids, completion, e.desirable)
+            for e, completion in zip(batch, previous, strict=True)
         ]
         rows = self._collate(mismatched)
         ratio = self._sequence_logps(rows) - self._sequence_logps(rows, reference=True)
-        return ratio.mean().clamp(min=0)
+        total = {"sum": ratio.sum().item(), "count": float(len(ratio))}
+        total = total if self.dp is None else self.dp.sum(total)
+        return torch.tensor(total["sum"] / total["count"], device=self.device).clamp(min=0)
 
     def _reward_metrics(
         self, logps: torch.Tensor, rewards: torch.Tensor, chosen: torch.Tensor
