@@ -12,6 +12,7 @@ import pytest
 import ray
 import torch
 
+from rlft.cli import ConfigError, load_config
 from rlft.cluster import Cluster
 from rlft.config import AlgorithmConfig, ClusterConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import PreferencePair, UnpairedExample
@@ -40,6 +41,24 @@ def test_split_by_tokens_balances_each_mini_batch() -> None:
 def test_split_by_tokens_needs_a_row_per_rank() -> None:
     with pytest.raises(ValueError, match=r"learner\.num_workers"):
         split_by_tokens([3, 4, 5], world_size=2, mini_batch_size=1)
+
+
+_LOCAL_L2 = ["learner.num_workers=2", "cluster.mode=local"]
+_FSDP2 = ["learner.num_workers=2", "learner.strategy=fsdp2"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (_LOCAL_L2, r"needs one process per learner: use cluster\.mode=ray"),
+        (["learner.strategy=zero3"], r"learner\.strategy='zero3' is not one of"),
+        (_FSDP2, r"fsdp2 works with .* learner\.logprob_chunk_tokens=0"),
+    ],
+)
+def test_learner_group_config_errors(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(["recipe=quickstart", *overrides])
+    load_config(["recipe=quickstart", *_FSDP2, "learner.logprob_chunk_tokens=0"])  # the fix works
 
 
 def _random_samples(n: int, groups: int, seed: int) -> list[Sample]:
