@@ -19,6 +19,7 @@ from rlft.data.preference import PreferencePair, UnpairedExample
 from rlft.learner.batch import Sample
 from rlft.learner.group import LearnerGroup, split_by_tokens
 from rlft.learner.learner import Learner, _load_weights
+from rlft.learner.optim import build_scheduler
 from rlft.learner.preference import PreferenceLearner
 
 
@@ -103,6 +104,7 @@ def _sgd_learner(base: type = Learner) -> type:
             super()._build_optimizers()
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = torch.optim.SGD(params, lr=1.0, momentum=0.5)  # a state to checkpoint
+            self.scheduler = build_scheduler(self.optimizer, self.cfg)
 
     return SGDLearner
 
