@@ -229,7 +229,7 @@ class LearnerConfig:
     """How L > 1 learners share the model: ``dp`` = each holds all of it (gradients all-reduced);
     ``fsdp2`` = parameters, gradients and optimizer state sharded over them (torch FSDP2, one unit
     per transformer block), for models that do not fit one device. fsdp2 needs
-    weights.transport=object_store, no LoRA and learner.logprob_chunk_tokens=0."""
+    weights.transport=object_store and no LoRA."""
     num_cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each learner (cluster.mode=ray)."""
     num_gpus_per_worker: float = 0.0
@@ -576,15 +576,9 @@ def validate(cfg: RLFTConfig) -> None:
         ),
         (
             cfg.learner.strategy == "dp"
-            or (
-                cfg.weights.transport == "object_store"
-                and cfg.model.lora.rank == 0
-                and cfg.learner.logprob_chunk_tokens == 0
-            ),
-            "learner.strategy=fsdp2 works with weights.transport=object_store, without LoRA "
-            "(model.lora.rank=0) and with learner.logprob_chunk_tokens=0 (the chunked LM head reads "
-            "the head's weight outside its forward, where FSDP2 does not gather it) so far; use "
-            "learner.strategy=dp for the others",
+            or (cfg.weights.transport == "object_store" and cfg.model.lora.rank == 0),
+            "learner.strategy=fsdp2 works with weights.transport=object_store and without LoRA "
+            "(model.lora.rank=0) so far; use learner.strategy=dp for the others",
         ),
         (
             cfg.learner.num_workers == 1 or cfg.cluster.mode == "ray",

@@ -272,8 +272,7 @@ def causal_lm_logprobs(
     targets = input_ids[:, 1:][scored]
     if chunk_tokens > 0:
         backbone, head = _backbone_and_head(model)
-        out = backbone(input_ids=input_ids, use_cache=False, **forward_kwargs)
-        hidden = out.last_hidden_state[:, :-1][scored]
+        hidden = _backbone_hidden(model, backbone, input_ids, forward_kwargs)[:, :-1][scored]
         logprobs, entropies = lm_head_logprobs(hidden, head, targets, temperature, chunk_tokens, entropy)
     else:
         logits = model(input_ids=input_ids, use_cache=False, **forward_kwargs).logits[:, :-1][scored]
@@ -334,6 +333,25 @@ def _logprobs_from_logits(
     logp = torch.log_softmax(z if temperature == 1.0 else z / temperature, dim=-1)
     picked = logp.gather(-1, targets[:, None]).squeeze(-1)
     return picked, -(logp.exp() * logp).sum(-1) if entropy else None
+
+
+def _backbone_hidden(
+    model: torch.nn.Module, backbone: torch.nn.Module, input_ids: Tensor, forward_kwargs: dict[str, Any]
+) -> Tensor:
+    """The backbone's last hidden states [N, L, H]. A model sharded with FSDP2 gathers its
+    top-level weights (embeddings, LM head) only in its own forward, so that forward runs (with
+    one position's logits) and a hook takes the backbone's output; otherwise the backbone alone."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return backbone(input_ids=input_ids, use_cache=False, **forward_kwargs).last_hidden_state
+    captured: list[Tensor] = []
+    hook = backbone.register_forward_hook(lambda module, args, out: captured.append(out.last_hidden_state))
+    try:
+        model(input_ids=input_ids, use_cache=False, logits_to_keep=1, **forward_kwargs)
+    finally:
+        hook.remove()
+    return captured[0]
 
 
 def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:

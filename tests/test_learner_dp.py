@@ -53,13 +53,13 @@ _FSDP2 = ["learner.num_workers=2", "learner.strategy=fsdp2"]
     [
         (_LOCAL_L2, r"needs one process per learner: use cluster\.mode=ray"),
         (["learner.strategy=zero3"], r"learner\.strategy='zero3' is not one of"),
-        (_FSDP2, r"fsdp2 works with .* learner\.logprob_chunk_tokens=0"),
+        ([*_FSDP2, "weights.transport=collective"], r"fsdp2 works with weights\.transport=object_store"),
     ],
 )
 def test_learner_group_config_errors(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(["recipe=quickstart", *overrides])
-    load_config(["recipe=quickstart", *_FSDP2, "learner.logprob_chunk_tokens=0"])  # the fix works
+    load_config(["recipe=quickstart", *_FSDP2])
 
 
 def _random_samples(n: int, groups: int, seed: int) -> list[Sample]:
@@ -82,7 +82,6 @@ def _configs(tiny_model_dir: Path, strategy: str = "dp") -> tuple[Any, ...]:
         global_samples_per_optimizer_step=8,
         per_device_samples_per_micro_batch=2,
         strategy=strategy,
-        logprob_chunk_tokens=0 if strategy == "fsdp2" else 4096,  # fsdp2 needs the model's own forward
     )
     return (
         ModelConfig(path=str(tiny_model_dir)),
