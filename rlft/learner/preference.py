@@ -98,7 +98,7 @@ class PreferenceLearner(Learner):
             loss = losses.sum() / total  # the batch mean, accumulated over micro-batches (and ranks)
             loss.backward()
             metrics["loss"] += loss.item()
-            logps[part], rewards[part] = mb_logps.detach(), mb_rewards.detach()
+            logps[part], rewards[part] = mb_logps.detach().float(), mb_rewards.detach().float()
 
         own_rewards = rewards
         if self.dp is not None:  # sum the loss and gradients; metrics over the whole batch
