@@ -47,6 +47,8 @@ from rlft.modeling import (
     varlen_kernel_available,
 )
 from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
+from rlft.weights.buckets import sync_tensors
+from rlft.weights.transport import MiB
 
 log = logging.getLogger("rlft.learner")
 
@@ -366,18 +368,15 @@ class Learner:
 
     # --- weights and checkpoints ----------------------------------------------------------------
 
-    def get_weights(self) -> WeightUpdate:
-        """The policy's parameters (on the CPU) and their version, for the rollout workers.
-
-        On a CPU learner the tensors are the live parameters, not copies: receivers copy them in.
-        """
+    def get_weights(self, bucket_bytes: int = 512 * MiB) -> WeightUpdate:
+        """The policy's weights packed in CPU buckets of about ``bucket_bytes``, and their version,
+        for the rollout workers: what ``sync_tensors`` picks (with LoRA only the adapters, tied
+        weights once)."""
         if self.dp is not None and self.dp.sharded:  # gathered on rank 0 (every rank calls this)
             tensors = self.dp.full_state_dict(self.model)
-        elif self.lora:  # only the adapters change: send only them
-            tensors = {k: v.detach().cpu() for k, v in self.model.named_parameters() if v.requires_grad}
         else:
-            tensors = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        return WeightUpdate(tensors, self.policy_version)
+            tensors = sync_tensors(self.model)
+        return WeightUpdate.pack(tensors, self.policy_version, bucket_bytes)
 
     def save_checkpoint(self, path: str) -> None:
         """Write model(s), optimizer(s), LR schedule(s) and RNG states into the (new) directory ``path``.

@@ -66,8 +66,8 @@ class RolloutWorker:
         return groups
 
     def load_weights(self, update: WeightUpdate) -> int:
-        """Load new policy weights; returns the bytes received."""
-        self.engine.load_weights(update.tensors)
+        """Load new policy weights (bucket by bucket, in place); returns the bytes received."""
+        self.engine.load_named_tensors(update.named_tensors())
         self.policy_version = update.version
         return update.nbytes
 

@@ -3,7 +3,7 @@
 A transport knows handles and tensors, nothing about losses. Three behind one interface
 (:class:`Transport`, ``sync(cluster, learner, workers) -> metrics``):
 
-- ``object_store``: the whole state dict through Ray's object store (works everywhere);
+- ``object_store``: buckets through Ray's object store (works everywhere);
 - ``collective``: bucketed broadcast over a process group of learner rank 0 + every rollout
   worker, NCCL across GPUs, gloo on the CPU (:mod:`rlft.weights.collective`);
 - ``cuda_ipc``: bucketed CUDA IPC handles for workers on the learner's GPU
@@ -11,6 +11,8 @@ A transport knows handles and tensors, nothing about losses. Three behind one in
 
 Bucketing (:mod:`rlft.weights.buckets`) packs tensors into a few flat buffers of about
 ``bucket_mb`` each; receivers copy them into their engine in place (``load_named_tensors``).
+Every transport sends what :func:`~rlft.weights.buckets.sync_tensors` picks: tied weights once,
+and with LoRA only the adapters.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def make_transport(name: str, bucket_mb: float = 512, local: bool = False) -> Tr
     """The transport named by ``weights.transport``. In local mode (one process) ``collective``
     cannot work, so it is replaced by ``cuda_ipc``, which there hands the buckets over in-process."""
     if name == "object_store":
-        return ObjectStoreTransport()
+        return ObjectStoreTransport(bucket_mb)
     if name == "collective" and local:
         log.warning("weights.transport=collective needs cluster.mode=ray; using in-process buckets")
         return CudaIpcTransport(bucket_mb)

@@ -119,6 +119,16 @@ def unique_named_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def sync_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a rollout engine needs to follow the learner (detached, live tensors): for a peft
+    model only its trainable tensors (the LoRA adapters; the frozen base is the same on every
+    engine, which carries the same unmerged adapters), else every tensor once
+    (:func:`unique_named_tensors`)."""
+    if getattr(model, "peft_config", None):
+        return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    return unique_named_tensors(model)
+
+
 @torch.no_grad()
 def copy_into(targets: Mapping[str, torch.Tensor], tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
     """Copy each ``(name, tensor)`` into ``targets[name]`` in place (casting dtype and moving device
@@ -150,13 +160,14 @@ class StagingBuffer:
 
 
 class BucketPacker:
-    """Sender side: a model's (unique, live) tensors, their bucket plan and a staging buffer.
+    """Sender side: the tensors a rollout engine needs (:func:`sync_tensors`: adapters only with
+    LoRA, tied weights once), their bucket plan and a staging buffer.
 
     The tensors are the model's own storage, updated in place by the optimizer, so the plan and
     the references stay valid across syncs (as long as parameters are not replaced)."""
 
     def __init__(self, model: torch.nn.Module, bucket_bytes: int):
-        self.tensors = unique_named_tensors(model)
+        self.tensors = sync_tensors(model)
         if not self.tensors:
             raise ValueError("weight sync: the model has no tensors")
         self.plan = plan_buckets(self.tensors, bucket_bytes)
