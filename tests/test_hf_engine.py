@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from rlft.config import HFEngineConfig, ModelConfig, SamplingConfig
 from rlft.rollout.hf_engine import HFEngine, _top_k_top_p, sample_next
@@ -20,6 +21,25 @@ def engines(tiny_model_dir: Path) -> dict[str, HFEngine]:
     return {d: HFEngine(cfg, hf_cfg=HFEngineConfig(decode=d)) for d in ("auto", "generate")}
 
 
+@pytest.fixture(scope="module")
+def llama_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> HFEngine:
+    """A random Llama with the tiny model's tokenizer: Llama's forward takes one mask, not a
+    mapping of masks per attention type as Qwen2's does (SmolLM2 is a Llama)."""
+    out = tmp_path_factory.mktemp("llama")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=AutoConfig.from_pretrained(tiny_model_dir).vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return HFEngine(ModelConfig(path=str(out), dtype="float32"), hf_cfg=HFEngineConfig(decode="auto"))
+
+
 def _learner_logprobs(model: torch.nn.Module, prompt: list[int], tokens: list[int]) -> torch.Tensor:
     """Log-probabilities of ``tokens`` after ``prompt``, from one unpadded forward (the learner's view)."""
     ids = torch.tensor([prompt + tokens])
@@ -28,10 +48,12 @@ def _learner_logprobs(model: torch.nn.Module, prompt: list[int], tokens: list[in
     return torch.log_softmax(logits.double() / 0.7, -1).gather(-1, ids[0, len(prompt) :, None])[:, 0].float()
 
 
-@pytest.mark.parametrize("decode", ["auto", "generate"])
-def test_logprobs_match_a_full_forward(engines: dict[str, HFEngine], decode: str) -> None:
-    engine = engines[decode]
-    assert engine.decode == ("static" if decode == "auto" else "generate")
+@pytest.mark.parametrize("decode", ["auto", "generate", "llama"])
+def test_logprobs_match_a_full_forward(
+    engines: dict[str, HFEngine], decode: str, request: pytest.FixtureRequest
+) -> None:
+    engine = request.getfixturevalue("llama_engine") if decode == "llama" else engines[decode]
+    assert engine.decode == ("generate" if decode == "generate" else "static")
     sampling = SamplingConfig(temperature=0.7, max_new_tokens=12)
     groups = engine.generate(PROMPTS, 3, sampling, seed=1)
     assert [len(g) for g in groups] == [3, 3, 3]

@@ -17,7 +17,7 @@ TARGETS = "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_p
 def test_lora_run_learns_syncs_only_adapters_and_exports_merged(
     tiny_model_dir: Path, quickstart_args: Callable[..., list[str]], tmp_path: Path
 ) -> None:
-    """Measured: reward 0.073 (first 5 steps) -> ~0.2 (last 20), 108 kB synced per step instead of
+    """Measured: reward 0.073 (first 5 steps) -> 0.27 (last 20), 108 kB synced per step instead of
     the full 625 kB. The tiny model's logits are tied to 0.02-scale embeddings, so the adapters
     include lm_head (targets attention/MLP alone barely move it)."""
     out = tmp_path / "run"
@@ -27,7 +27,7 @@ def test_lora_run_learns_syncs_only_adapters_and_exports_merged(
         "data.path=builtin:repeat_letter",
         "model.lora.rank=8",
         TARGETS,
-        "learner.lr=1e-2",
+        "learner.lr=3e-3",  # at 1e-2 the policy collapses and recovers by turns (chaotic)
         "trainer.max_steps=80",
     )
     assert main(args) == 0

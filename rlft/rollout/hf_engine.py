@@ -31,8 +31,8 @@ from rlft.rollout.engine import Completion, cut_at_stop
 from rlft.weights.buckets import copy_into
 
 STATIC_MODEL_TYPES = ("llama", "qwen2", "qwen3")
-"""Model types ``decode=auto`` runs with the static decoder (their forward takes a ready mask per
-attention type and positions, and calls the cache only through ``update``)."""
+"""Model types ``decode=auto`` runs with the static decoder (their forward takes a ready 4D mask
+and positions, and calls the cache only through ``update``)."""
 
 _CACHE_LEN_MULTIPLE = 64
 """KV-cache lengths are rounded up to this, so prompts of nearby widths share one captured graph."""
@@ -322,7 +322,7 @@ class StaticDecoder:
     ) -> torch.Tensor:
         return self.model(
             input_ids=ids,
-            attention_mask={"full_attention": mask},
+            attention_mask=mask,  # a ready 4D mask: transformers uses it as is
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
