@@ -45,12 +45,7 @@ def load_config(overrides: list[str]) -> RLFTConfig:
         cfg = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_explain(err)) from err
-    assert isinstance(cfg, RLFTConfig)
-    try:
-        validate(cfg)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    return cfg
+    return _validated(cfg)
 
 
 def load_run_config(path: Path, overrides: list[str]) -> RLFTConfig:
@@ -63,6 +58,11 @@ def load_run_config(path: Path, overrides: list[str]) -> RLFTConfig:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from err
+    return _validated(cfg)
+
+
+def _validated(cfg: Any) -> RLFTConfig:
+    """``cfg`` (an ``RLFTConfig`` built by OmegaConf) after :func:`validate`, as a ConfigError if bad."""
     assert isinstance(cfg, RLFTConfig)
     try:
         validate(cfg)

@@ -23,7 +23,7 @@ from rlft.cluster import Cluster
 from rlft.config import RLFTConfig
 from rlft.data.prompts import load_prompt_rows, tokenize_prompts
 from rlft.rewards import RewardManager
-from rlft.rollout.worker import RolloutWorker
+from rlft.rollout.worker import spawn_rollout_workers
 from rlft.trainers.rollout import generate
 
 
@@ -117,20 +117,8 @@ def evaluate_model(cfg: RLFTConfig, search_dirs: list[Path] | None = None) -> di
     from rlft.modeling import load_tokenizer
 
     evaluator = Evaluator(cfg, load_tokenizer(cfg.model), search_dirs)
-    rc = cfg.rollout
     with Cluster(cfg.cluster) as cluster:
-        workers = [
-            cluster.spawn(
-                RolloutWorker,
-                cfg.model,
-                rc,
-                cluster.threads(rc.num_cpus_per_worker),
-                num_cpus=rc.num_cpus_per_worker,
-                num_gpus=rc.num_gpus_per_worker,
-            )
-            for _ in range(rc.num_workers)
-        ]
-        return evaluator.evaluate(cluster, workers)
+        return evaluator.evaluate(cluster, spawn_rollout_workers(cluster, cfg.model, cfg.rollout))
 
 
 def evaluate_checkpoint(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -104,3 +105,22 @@ class RolloutWorker:
         nbytes = load_bucket(payload, self.engine.load_named_tensors)
         self.policy_version = payload.version
         return nbytes
+
+
+def spawn_rollout_workers(
+    cluster: Any, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, num_gpus: float | None = None
+) -> list[Any]:
+    """``rollout.num_workers`` RolloutWorkers on ``cluster`` (an ``rlft.cluster.Cluster``), each
+    with ``rollout.num_cpus_per_worker`` CPUs and ``num_gpus`` (default: ``rollout.num_gpus_per_worker``)."""
+    rc = rollout_cfg
+    return [
+        cluster.spawn(
+            RolloutWorker,
+            model_cfg,
+            rc,
+            cluster.threads(rc.num_cpus_per_worker),
+            num_cpus=rc.num_cpus_per_worker,
+            num_gpus=rc.num_gpus_per_worker if num_gpus is None else num_gpus,
+        )
+        for _ in range(rc.num_workers)
+    ]

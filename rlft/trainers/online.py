@@ -25,7 +25,7 @@ from rlft.learner.learner import Learner
 from rlft.modeling import load_tokenizer
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
-from rlft.rollout.worker import RolloutWorker
+from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
@@ -195,18 +195,7 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list
         samples_per_optimizer_step=lc.global_samples_per_optimizer_step,
         sharded=lc.strategy == "fsdp2",
     )
-    workers = [
-        cluster.spawn(
-            RolloutWorker,
-            cfg.model,
-            rc,
-            cluster.threads(rc.num_cpus_per_worker),
-            num_cpus=rc.num_cpus_per_worker,
-            num_gpus=rollout_gpus,
-        )
-        for _ in range(rc.num_workers)
-    ]
-    return learner, workers
+    return learner, spawn_rollout_workers(cluster, cfg.model, rc, rollout_gpus)
 
 
 def _start_reward_model(cluster: Cluster, cfg: RLFTConfig) -> Any | None:
