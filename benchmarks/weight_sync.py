@@ -137,7 +137,7 @@ def run_case(
     median = statistics.median(times)
     return Result(
         transport=name,
-        bucket_mb=bucket_mb if name != "object_store" else 0,
+        bucket_mb=bucket_mb,
         gb=nbytes / 1e9,
         first_s=first["timing/weight_sync_s"],
         median_ms=median,
@@ -166,7 +166,7 @@ def main() -> None:
     )
     parser.add_argument("--model", choices=["qwen2-0.5b", "tiny"], default="qwen2-0.5b")
     parser.add_argument("--transports", default="object_store,cuda_ipc,collective")
-    parser.add_argument("--bucket-mb", default="256,1024", help="comma-separated sizes (bucketed transports)")
+    parser.add_argument("--bucket-mb", default="256,1024", help="comma-separated bucket sizes")
     parser.add_argument("--gpus-per-actor", type=float, default=0.5, help="0.5: both on one GPU; 1: one each")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
@@ -207,7 +207,7 @@ def main() -> None:
         info = ray.get(learner.describe.remote(), timeout=300)  # fails instead of waiting for GPUs
         print(f"model: {info}", flush=True)
         for name in args.transports.split(","):
-            sizes = [0.0] if name == "object_store" else [float(s) for s in args.bucket_mb.split(",")]
+            sizes = [float(s) for s in args.bucket_mb.split(",")]
             repeats = args.object_store_repeats if name == "object_store" else args.repeats
             warmup = min(args.warmup, 1) if name == "object_store" else args.warmup
             for size in sizes:
