@@ -373,7 +373,10 @@ class Learner:
         for the rollout workers: what ``sync_tensors`` picks (with LoRA only the adapters, tied
         weights once)."""
         if self.dp is not None and self.dp.sharded:  # gathered on rank 0 (every rank calls this)
-            tensors = self.dp.full_state_dict(self.model)
+            # Tied weights once, under their first name, as unique_named_tensors does: the
+            # gathered copies no longer share memory, but named_parameters() lists a tie once.
+            own = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
+            tensors = {n: t for n, t in self.dp.full_state_dict(self.model).items() if n in own}
         else:
             tensors = sync_tensors(self.model)
         return WeightUpdate.pack(tensors, self.policy_version, bucket_bytes)
