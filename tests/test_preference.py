@@ -175,6 +175,16 @@ def test_micro_batches_give_the_same_update_as_one_batch(
     assert m1["policy_version"] == 2
 
 
+def test_kto_batch_with_one_label_has_no_nan_metrics(tiny_model_dir: Path, pairs_file: Path) -> None:
+    """Only desirable examples: the undesirable side's means are absent, nothing is NaN."""
+    desirable = [e for e in _examples(tiny_model_dir, pairs_file, unpaired=True) if e.desirable]
+    assert desirable
+    metrics, _ = _learner(tiny_model_dir, "kto").preference_step(desirable)
+    assert all(not math.isnan(v) for v in metrics.values()), metrics
+    assert "rewards/chosen" in metrics and "rewards/rejected" not in metrics
+    assert "rewards/margin" not in metrics
+
+
 def test_cached_reference_logps_equal_the_reference_pass(tiny_model_dir: Path, pairs_file: Path) -> None:
     batch = _examples(tiny_model_dir, pairs_file, unpaired=False)
     a, b = _learner(tiny_model_dir), _learner(tiny_model_dir)

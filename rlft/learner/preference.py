@@ -7,6 +7,7 @@ the loss is a pure function from ``rlft.algorithms.preference_losses``, picked b
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -183,9 +184,13 @@ class PreferenceLearner(Learner):
             "logps/rejected": logps[~chosen].mean().item(),
         }
         if self.unpaired:  # no pairs: compare the means of desirable and undesirable rewards
-            metrics["rewards/chosen"] = rewards[chosen].mean().item()
-            metrics["rewards/rejected"] = rewards[~chosen].mean().item()
-            metrics["rewards/margin"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+            # A KTO batch may hold one label only: the other side's means are left out, not NaN.
+            metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+            for side, rows in (("chosen", chosen), ("rejected", ~chosen)):
+                if rows.any():
+                    metrics[f"rewards/{side}"] = rewards[rows].mean().item()
+            if chosen.any() and (~chosen).any():
+                metrics["rewards/margin"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
             return metrics
         info = {"rewards/chosen": rewards[chosen], "rewards/rejected": rewards[~chosen]}
         return {**metrics, **preference_metrics(info)}
