@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +35,25 @@ def quickstart_args(tiny_model_dir: Path) -> Callable[..., list[str]]:
         ]
 
     return args
+
+
+@pytest.fixture(scope="session")
+def quickstart_learns(quickstart_args: Callable[..., list[str]]) -> Callable[..., list[dict[str, Any]]]:
+    """Run ``rlft`` on the quickstart recipe in a subprocess (real CLI, real Ray) for ``steps``
+    steps into ``out`` with ``overrides``; check that every step was logged and that the reward
+    rose by the e2e margin (first-5 mean < 0.02, last-5 mean > first + 0.15); return the metrics."""
+    from rlft.tracking import read_metrics
+
+    def run(out: Path, steps: int, *overrides: str, timeout: int = 600) -> list[dict[str, Any]]:
+        cmd = [sys.executable, "-m", "rlft", *quickstart_args(out, f"trainer.max_steps={steps}", *overrides)]
+        proc = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = read_metrics(out / "metrics.jsonl")
+        assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+        first = sum(m["reward/mean"] for m in metrics[:5]) / 5
+        last = sum(m["reward/mean"] for m in metrics[-5:]) / 5
+        assert first < 0.02, first  # a random policy almost never writes the asked digit
+        assert last > first + 0.15, (first, last)
+        return metrics
+
+    return run

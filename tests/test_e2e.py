@@ -33,22 +33,13 @@ CONTRACT_METRICS = {
 
 
 def test_quickstart_on_ray_learns(
-    tiny_model_dir: Path, quickstart_args: Callable[..., list[str]], tmp_path: Path
+    tiny_model_dir: Path, quickstart_learns: Callable[..., list[dict]], tmp_path: Path
 ) -> None:
     """The real CLI in a subprocess, real Ray actors: reward rises by a clear margin."""
     steps = 150
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rlft", *quickstart_args(out, f"trainer.max_steps={steps}")]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    metrics = read_metrics(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    metrics = quickstart_learns(out, steps)
     assert metrics[0].keys() >= CONTRACT_METRICS
-    first = sum(m["reward/mean"] for m in metrics[:5]) / 5
-    last = sum(m["reward/mean"] for m in metrics[-5:]) / 5
-    assert first < 0.02, first  # a random policy almost never writes the asked digit
-    assert last > first + 0.15, (first, last)
     assert all(m["staleness"] == 0 for m in metrics)
     # every step the engine sampled with the learner's current weights (sync is real): measured 2.5e-7
     assert max(m["logprob_diff/sampler"] for m in metrics) < 1e-4
