@@ -66,8 +66,8 @@ class SandboxResult:
     """What happened to one run."""
 
     status: Status
-    """passed: every test passed. failed: some did not. timeout: killed at the wall clock.
-    crashed: no verdict (killed by a limit, os._exit, a runner error)."""
+    """passed: every test passed. failed: some did not. timeout: ended by the wall-clock or the
+    CPU-time limit. crashed: no verdict (killed by another limit, os._exit, a runner error)."""
     passed: int
     total: int
     network: str
@@ -127,9 +127,12 @@ def _verdict(outer: Path, nonce: str, total: int, timed_out: bool, returncode: i
     lines = result_path.read_text(errors="replace").splitlines() if result_path.exists() else []
     verdict = next((json.loads(line[len(nonce) :]) for line in lines if line.startswith(nonce)), None)
     network = verdict["network"] if verdict else "unknown"
+    # On a loaded machine the CPU-time limit (SIGXCPU) or the runner's own watchdog (exit 137) can
+    # end the process before the parent sees the wall clock run out: the code ran out of time.
+    timed_out = timed_out or returncode in (-signal.SIGXCPU, 137)
     if verdict is None or timed_out:
         stderr = (outer / "stderr").read_bytes()[-500:].decode(errors="replace").strip()
-        why = "killed at the wall-clock limit" if timed_out else f"no verdict (exit code {returncode})"
+        why = "ran out of time" if timed_out else f"no verdict (exit code {returncode})"
         return SandboxResult("timeout" if timed_out else "crashed", 0, total, network, f"{why}. {stderr}")
     passed = verdict["passed"]
     status = "passed" if passed == total else "failed"
