@@ -270,6 +270,11 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more
     compute)."""
+    compile: bool = False
+    """``torch.compile`` each decoder layer (one compiled graph serves every layer) and the chunked
+    LM-head log-prob arithmetic: fused elementwise kernels (norms, rotary, activations, the
+    softmax over the vocabulary). The first steps pay the compile time (tens of seconds; again
+    once when sequence lengths first change). Not with learner.strategy=fsdp2."""
     mixed_precision: str = "no"
     """no: compute in model.dtype. bf16: float32 parameters, gradients and optimizer state (the
     "master weights"; needs model.dtype=float32) with the forward/backward under bfloat16
