@@ -3,9 +3,11 @@ and per-token log-probabilities computed from the final hidden states in chunks.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -216,6 +218,23 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         layer.training = True
 
 
+def compile_decoder_layers(model: torch.nn.Module) -> int:
+    """``torch.compile`` every transformers decoder layer of ``model`` in place (regional
+    compilation: the layers share one compiled graph, so compiling costs about one layer's time;
+    with gradient checkpointing the recompute runs the compiled layer too). Returns the count."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(
+            f"learner.compile: {type(model).__name__} has no transformers decoder layers "
+            "(GradientCheckpointingLayer) to compile; set learner.compile=false"
+        )
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def load_value_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A critic: the causal LM's backbone at ``model.critic_path`` (default ``model.path``) with a
     fresh scalar head per token (``AutoModelForTokenClassification``, one label)."""
@@ -251,6 +270,7 @@ def causal_lm_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 0,
     entropy: bool = False,
+    compiled: bool = False,
     **forward_kwargs: Any,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probability (and entropy) of the next-token distribution at the positions ``score_mask``
@@ -265,15 +285,18 @@ def causal_lm_logprobs(
 
     ``chunk_tokens`` > 0: the backbone's final hidden states of the scored positions go through
     the LM head ``chunk_tokens`` at a time (:func:`lm_head_logprobs`), so the [tokens, vocab]
-    logits never exist at once, in float32 or otherwise. 0: the model's own forward returns the
-    logits of every position and they are reduced in one piece (any model; the reference path).
+    logits never exist at once, in float32 or otherwise; ``compiled`` runs that head's per-chunk
+    arithmetic through ``torch.compile``. 0: the model's own forward returns the logits of every
+    position and they are reduced in one piece (any model; the reference path).
     """
     scored = score_mask[:, 1:].bool()
     targets = input_ids[:, 1:][scored]
     if chunk_tokens > 0:
         backbone, head = _backbone_and_head(model)
         hidden = _backbone_hidden(model, backbone, input_ids, forward_kwargs)[:, :-1][scored]
-        logprobs, entropies = lm_head_logprobs(hidden, head, targets, temperature, chunk_tokens, entropy)
+        logprobs, entropies = lm_head_logprobs(
+            hidden, head, targets, temperature, chunk_tokens, entropy, compiled
+        )
     else:
         logits = model(input_ids=input_ids, use_cache=False, **forward_kwargs).logits[:, :-1][scored]
         logprobs, entropies = _logprobs_from_logits(logits, targets, temperature, entropy)
@@ -292,18 +315,20 @@ def lm_head_logprobs(
     temperature: float = 1.0,
     chunk_tokens: int = 4096,
     entropy: bool = False,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """[T] log p(targets) (and entropy) of ``softmax(head(hidden) / temperature)``, computed
     ``chunk_tokens`` rows of ``hidden`` [T, H] at a time.
 
     A bias-free ``nn.Linear`` head (every common causal LM, tied or not) takes a fused path
     (:class:`_LinearLogprobs`): only the chunk's logits exist at once, forward or backward, and
-    the backward recomputes them and forms the logit gradient in place. Any other head (e.g. a
-    peft LoRA layer on ``lm_head``) runs each chunk under activation checkpointing instead.
+    the backward recomputes them and forms the logit gradient in place; ``compiled`` runs each
+    chunk's arithmetic through ``torch.compile``. Any other head (e.g. a peft LoRA layer on
+    ``lm_head``) runs each chunk under activation checkpointing instead, uncompiled.
     """
     if type(head) is torch.nn.Linear and head.bias is None:
         logprobs, entropies = _LinearLogprobs.apply(
-            hidden, head.weight, targets, temperature, chunk_tokens, entropy
+            hidden, head.weight, targets, temperature, chunk_tokens, entropy, compiled
         )
         return logprobs, entropies if entropy else None
     parts = []
@@ -387,6 +412,7 @@ class _LinearLogprobs(torch.autograd.Function):
         temperature: float,
         chunk: int,
         entropy: bool,
+        compiled: bool,
     ) -> tuple[Tensor, Tensor]:
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
@@ -394,20 +420,18 @@ class _LinearLogprobs(torch.autograd.Function):
         lse = torch.empty(n, dtype=_at_least_float32(dtype), device=hidden.device)
         logprobs = torch.empty_like(lse)
         entropies = torch.empty_like(lse) if entropy else lse.new_empty(0)
+        stats = _compiled(_chunk_stats) if compiled else _chunk_stats
         with torch.autocast(device, enabled=False):
             w = weight.to(dtype)
             for lo in range(0, n, chunk):
-                z = _chunk_logits(hidden[lo : lo + chunk], w, dtype, temperature)
-                chunk_lse = torch.logsumexp(z, -1)
-                lse[lo : lo + chunk] = chunk_lse
-                logprobs[lo : lo + chunk] = (
-                    z.gather(-1, targets[lo : lo + chunk, None]).squeeze(-1) - chunk_lse
+                rows = slice(lo, lo + chunk)
+                lse[rows], logprobs[rows], chunk_entropy = stats(
+                    hidden[rows], w, targets[rows], dtype, temperature, entropy
                 )
                 if entropy:
-                    p = torch.exp(z - chunk_lse[:, None])
-                    entropies[lo : lo + chunk] = chunk_lse - (p * z).sum(-1)
+                    entropies[rows] = chunk_entropy
         ctx.save_for_backward(hidden, weight, targets, lse, entropies)
-        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        ctx.temperature, ctx.chunk, ctx.dtype, ctx.compiled = temperature, chunk, dtype, compiled
         ctx.set_materialize_grads(False)
         return logprobs, entropies
 
@@ -418,35 +442,75 @@ class _LinearLogprobs(torch.autograd.Function):
         hidden, weight, targets, lse, entropies = ctx.saved_tensors
         needs_hidden, needs_weight = ctx.needs_input_grad[:2]
         if (grad_logprobs is None and grad_entropy is None) or not (needs_hidden or needs_weight):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         tau, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
         n = hidden.shape[0]
         if grad_logprobs is None:
             grad_logprobs = torch.zeros_like(lse)
         grad_hidden = torch.empty_like(hidden) if needs_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if needs_weight else None
+        logit_grad = _compiled(_chunk_logit_grad) if ctx.compiled else _chunk_logit_grad
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             for lo in range(0, n, chunk):
                 rows = slice(lo, lo + chunk)
                 h = hidden[rows].to(dtype)
-                z = _chunk_logits(h, w, dtype, tau)
-                g = grad_logprobs[rows, None]
-                if grad_entropy is not None:
-                    expected_z = (lse[rows] - entropies[rows])[:, None]
-                    g = (z - expected_z).mul_(grad_entropy[rows, None]).add_(g)
-                grad_z = z.sub_(lse[rows, None]).exp_().mul_(g).neg_()  # -p * g
-                grad_z.scatter_add_(1, targets[rows, None], grad_logprobs[rows, None])
-                if tau != 1.0:
-                    grad_z.div_(tau)
-                grad_z = grad_z.to(dtype)
+                expected_z = None if grad_entropy is None else lse[rows] - entropies[rows]
+                g_entropy = None if grad_entropy is None else grad_entropy[rows]
+                grad_z = logit_grad(
+                    h, w, targets[rows], lse[rows], expected_z, grad_logprobs[rows], g_entropy, dtype, tau
+                )
                 if needs_hidden:
                     grad_hidden[rows] = (grad_z @ w).to(hidden.dtype)
                 if needs_weight:
                     grad_weight += grad_z.t() @ h
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _chunk_stats(
+    hidden: Tensor, weight: Tensor, targets: Tensor, dtype: torch.dtype, temperature: float, entropy: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One chunk's logsumexp of z = hidden W^T / temperature, log p(targets) and (if ``entropy``)
+    the entropy H = lse - E_p[z]."""
+    z = _chunk_logits(hidden, weight, dtype, temperature)
+    lse = torch.logsumexp(z, -1)
+    logprobs = z.gather(-1, targets[:, None]).squeeze(-1) - lse
+    if not entropy:
+        return lse, logprobs, None
+    return lse, logprobs, lse - (torch.exp(z - lse[:, None]) * z).sum(-1)
+
+
+def _chunk_logit_grad(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    lse: Tensor,
+    expected_z: Tensor | None,
+    grad_logprobs: Tensor,
+    grad_entropy: Tensor | None,
+    dtype: torch.dtype,
+    temperature: float,
+) -> Tensor:
+    """dL/d(hidden W^T) of one chunk, in ``dtype`` (see :class:`_LinearLogprobs`): the logits are
+    recomputed, then g_lp * (onehot - p) - g_H * p * (z - E_p[z]), divided by the temperature."""
+    z = _chunk_logits(hidden, weight, dtype, temperature)
+    g = grad_logprobs[:, None]
+    if grad_entropy is not None:
+        g = (z - expected_z[:, None]).mul_(grad_entropy[:, None]).add_(g)
+    grad_z = z.sub_(lse[:, None]).exp_().mul_(g).neg_()  # -p * g
+    grad_z.scatter_add_(1, targets[:, None], grad_logprobs[:, None])
+    if temperature != 1.0:
+        grad_z.div_(temperature)
+    return grad_z.to(dtype)
+
+
+@functools.cache
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile`` of a chunk function, made once: its elementwise work and reductions over
+    the vocabulary fuse into a few kernels that read the logits once or twice."""
+    return torch.compile(fn, dynamic=True)
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, dtype: torch.dtype, temperature: float) -> Tensor:

@@ -43,15 +43,16 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ids, attention, score
 
 
-def test_fused_chunked_logprobs_pass_gradcheck_in_float64() -> None:
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_fused_chunked_logprobs_pass_gradcheck_in_float64(compiled: bool) -> None:
     """Analytical gradients of logprob and entropy (both outputs, temperature 0.7, chunks of 3
-    over 7 rows) equal finite differences."""
+    over 7 rows: a short last chunk) equal finite differences, eager and through torch.compile."""
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
     weight = torch.randn(20, 4, dtype=torch.float64, generator=g, requires_grad=True)
     targets = torch.randint(0, 20, (7,), generator=g)
     assert torch.autograd.gradcheck(
-        lambda h, w: _LinearLogprobs.apply(h, w, targets, 0.7, 3, True), (hidden, weight)
+        lambda h, w: _LinearLogprobs.apply(h, w, targets, 0.7, 3, True, compiled), (hidden, weight)
     )
 
 

@@ -36,6 +36,7 @@ from rlft.learner.optim import autocast, build_optimizer, build_scheduler
 from rlft.modeling import (
     PACKED_ATTENTION,
     causal_lm_logprobs,
+    compile_decoder_layers,
     default_device,
     enable_gradient_checkpointing,
     load_model,
@@ -84,6 +85,10 @@ class Learner:
             for model in (self.model, self.ref_model):
                 if model is not None:
                     use_varlen_attention(model)
+        if learner_cfg.compile:
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    compile_decoder_layers(model)
         self.critic = None
         if algorithm_cfg.kind == "online" and algorithm_cfg.advantage == "gae":
             self.critic = load_value_model(model_cfg, self.device).eval()
@@ -328,6 +333,7 @@ class Learner:
             "temperature": self.sampling.temperature,
             "chunk_tokens": self.cfg.logprob_chunk_tokens,
             "entropy": entropy,
+            "compiled": self.cfg.compile,
         }
         with autocast(self.cfg, self.device):
             if not self.cfg.packing:
