@@ -324,6 +324,7 @@ def main() -> None:
     parser.add_argument("--packed-attention", default="auto", choices=["auto", "varlen", "mask"])
     parser.add_argument("--chunk-tokens", type=int, default=4096, help="learner.logprob_chunk_tokens")
     parser.add_argument("--grad-ckpt", action="store_true", help="learner.gradient_checkpointing=true")
+    parser.add_argument("--compile", action="store_true", help="learner.compile=true")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     parser.add_argument(
         "--max-tokens", default="", help="token budgets per micro-batch, swept instead of --micro"
@@ -359,6 +360,7 @@ def main() -> None:
         packed_attention=args.packed_attention,
         logprob_chunk_tokens=args.chunk_tokens,
         gradient_checkpointing=args.grad_ckpt,
+        compile=args.compile,
         mixed_precision=args.mixed_precision,
     )
     sampling = SamplingConfig(max_new_tokens=args.completion_len)
@@ -375,6 +377,7 @@ def main() -> None:
                 "packed_attention",
                 "logprob_chunk_tokens",
                 "gradient_checkpointing",
+                "compile",
                 "mixed_precision",
             )
         },
