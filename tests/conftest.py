@@ -41,7 +41,8 @@ def quickstart_args(tiny_model_dir: Path) -> Callable[..., list[str]]:
 def quickstart_learns(quickstart_args: Callable[..., list[str]]) -> Callable[..., list[dict[str, Any]]]:
     """Run ``rlft`` on the quickstart recipe in a subprocess (real CLI, real Ray) for ``steps``
     steps into ``out`` with ``overrides``; check that every step was logged and that the reward
-    rose by the e2e margin (first-5 mean < 0.02, last-5 mean > first + 0.15); return the metrics."""
+    rose by the e2e margin (first-5 mean < 0.02, last-5 mean > first + 0.3: beyond the ~0.1 of a
+    policy that prints one fixed digit, so the asked digit is being copied); return the metrics."""
     from rlft.tracking import read_metrics
 
     def run(out: Path, steps: int, *overrides: str, timeout: int = 600) -> list[dict[str, Any]]:
@@ -53,7 +54,7 @@ def quickstart_learns(quickstart_args: Callable[..., list[str]]) -> Callable[...
         first = sum(m["reward/mean"] for m in metrics[:5]) / 5
         last = sum(m["reward/mean"] for m in metrics[-5:]) / 5
         assert first < 0.02, first  # a random policy almost never writes the asked digit
-        assert last > first + 0.15, (first, last)
+        assert last > first + 0.3, (first, last)
         return metrics
 
     return run
