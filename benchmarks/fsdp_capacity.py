@@ -7,9 +7,9 @@ one for the rest) over a process group of one rank, allocate it on the GPU, turn
 gradient checkpointing, and run ``--steps`` training steps of ``--seqs`` x ``--seq-len`` random
 tokens through rlft's ``causal_lm_logprobs`` with a
 token-mean loss, AdamW and gradient clipping. The log-probs come from the model's own forward
-(``chunk_tokens=0``, full logits): rlft's chunked LM head calls the decoder and the head outside
-the root module's forward, which FSDP2 needs to gather the root unit's parameters (found here:
-``aten.embedding got mixed torch.Tensor and DTensor``). Precision ``--precision``:
+(``chunk_tokens=0``, full logits), as in the recorded runs: they predate 83d8ae8, which made the
+chunked LM head work under FSDP2 (it failed with ``aten.embedding got mixed torch.Tensor and
+DTensor``, found by this script); the chunked head would need less memory. Precision ``--precision``:
 
   bf16    parameters, gradients and AdamW state in bf16 (rlft's ``model.dtype=bfloat16``), 8 B/param
   fp32    float32 master parameters, gradients and AdamW state, forward/backward under bf16
