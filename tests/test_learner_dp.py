@@ -54,6 +54,10 @@ _FSDP2 = ["learner.num_workers=2", "learner.strategy=fsdp2"]
         (_LOCAL_L2, r"needs one process per learner: use cluster\.mode=ray"),
         (["learner.strategy=zero3"], r"learner\.strategy='zero3' is not one of"),
         ([*_FSDP2, "weights.transport=collective"], r"fsdp2 works with weights\.transport=object_store"),
+        (
+            [*_FSDP2, "learner.compile=true"],
+            r"learner\.compile=true is not supported with learner\.strategy=fsdp2",
+        ),
     ],
 )
 def test_learner_group_config_errors(overrides: list[str], message: str) -> None:
