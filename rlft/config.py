@@ -586,6 +586,11 @@ def validate(cfg: RLFTConfig) -> None:
             "(model.lora.rank=0) so far; use learner.strategy=dp for the others",
         ),
         (
+            cfg.learner.strategy == "dp" or not cfg.learner.compile,
+            "learner.compile=true is not supported with learner.strategy=fsdp2 yet (FSDP2's hooks "
+            "would run inside the compiled layers): set learner.compile=false",
+        ),
+        (
             cfg.learner.num_workers == 1 or cfg.cluster.mode == "ray",
             f"learner.num_workers={cfg.learner.num_workers} needs one process per learner: "
             "use cluster.mode=ray (or learner.num_workers=1)",
