@@ -70,15 +70,17 @@ def test_unknown_split_is_an_error() -> None:
         builtin_task("arithmetic", 0, "test")
 
 
-def test_the_recipe_reward_scores_a_boxed_answer() -> None:
+def test_the_recipe_reward_scores_the_final_number() -> None:
+    """The recipe's reward credits the base model's unboxed "a + b = c" answers and a boxed one,
+    and takes the last number: a wrong final number scores 0 even after the right one."""
     sys.path.insert(0, str(ROOT))
-    from rewards.math_answer import math_answer
+    from rewards.gsm8k import gsm8k
 
+    assert load_config(["recipe=smollm2_arithmetic"]).reward.functions == ["rewards/gsm8k.py:gsm8k"]
     row = _rows(0, "train", 1)[0]
-    assert math_answer(row["prompt"], f"So it is \\boxed{{{row['answer']}}}.", row["answer"]) == 1.0
-    assert math_answer(row["prompt"], f"{row['answer']}", row["answer"]) == 0.0  # no box, no credit
-    pattern = load_config(["recipe=smollm2_arithmetic"]).reward.params["regex_match"]["pattern"]
-    assert re.search(pattern, r"\boxed{-12}") and not re.search(pattern, r"\boxed{}")
+    right, wrong = row["answer"], str(int(row["answer"]) + 1)
+    completions = [f"So it is \\boxed{{{right}}}.", f"x = {right}", f"{right}, no: {wrong}", "no idea"]
+    assert gsm8k([row["prompt"]] * 4, completions, [right] * 4) == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_recipe_runs_two_steps_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
