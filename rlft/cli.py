@@ -17,7 +17,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rlft.config import RLFTConfig, register_configs, validate
+from rlft.config import RLFTConfig, register_configs
+from rlft.validation import validate
 
 CONF_DIR = Path(os.environ.get("RLFT_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 

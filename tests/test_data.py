@@ -213,7 +213,8 @@ def test_builtin_eval_rows() -> None:
     ],
 )
 def test_data_config_checks(overrides: dict, message: str) -> None:
-    from rlft.config import RLFTConfig, validate
+    from rlft.config import RLFTConfig
+    from rlft.validation import validate
 
     cfg = RLFTConfig()
     cfg.reward.functions = ["rewards/synthetic.py:repeat_char"]

@@ -17,13 +17,13 @@ from rlft.config import (
     ModelConfig,
     RLFTConfig,
     SamplingConfig,
-    validate,
 )
 from rlft.data.preference import PreferencePair
 from rlft.learner.batch import Sample
 from rlft.learner.learner import Learner
 from rlft.learner.optim import lr_schedule
 from rlft.learner.preference import PreferenceLearner
+from rlft.validation import validate
 
 
 def _samples(n: int = 8, seed: int = 0) -> list[Sample]:

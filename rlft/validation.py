@@ -1,0 +1,228 @@
+"""Checks of a composed config across keys, beyond what the schema's types express.
+
+:func:`validate` runs before anything starts (``rlft.cli`` turns its ValueError into
+``rlft: config error: ...``); each message names the key and the fix. The schema itself, one
+documented dataclass per group, is :mod:`rlft.config`.
+"""
+
+from __future__ import annotations
+
+from rlft.config import HF_DECODES, RLFTConfig
+
+GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+"""Advantage estimators whose baseline comes from the other samples of the prompt's group."""
+
+
+def validate(cfg: RLFTConfig) -> None:
+    """Checks across keys that a type alone cannot express; raises ValueError naming the key."""
+    online = cfg.algorithm.kind == "online"
+    checks = [
+        (cfg.algorithm.kind in ("online", "preference"), "algorithm.kind must be online or preference"),
+        (cfg.algorithm.group_size >= 1, "algorithm.group_size must be >= 1"),
+        (
+            cfg.algorithm.group_size >= 2 or cfg.algorithm.advantage not in GROUP_BASELINE_ADVANTAGES,
+            f"algorithm.group_size must be >= 2 for algorithm.advantage={cfg.algorithm.advantage} "
+            "(its baseline is the rest of the group)",
+        ),
+        (
+            cfg.algorithm.overlong_buffer_len < cfg.rollout.sampling.max_new_tokens,
+            "algorithm.overlong_buffer_len must be smaller than rollout.sampling.max_new_tokens",
+        ),
+        (
+            cfg.algorithm.dynamic_sampling.max_rounds >= 1,
+            "algorithm.dynamic_sampling.max_rounds must be >= 1",
+        ),
+        (
+            not (cfg.algorithm.kl.in_reward and cfg.algorithm.advantage in ("grpo", "dr_grpo")),
+            f"algorithm.advantage={cfg.algorithm.advantage} takes the KL as a loss term: "
+            "set algorithm.kl.in_reward=false",
+        ),
+        (
+            online or cfg.algorithm.beta > 0 or cfg.algorithm.preference_loss == "orpo",
+            f"algorithm.beta must be > 0 for algorithm.preference_loss={cfg.algorithm.preference_loss} "
+            "(it is the preference temperature)",
+        ),
+        (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
+        (
+            cfg.data.on_too_long in ("filter", "error"),
+            f"data.on_too_long={cfg.data.on_too_long!r} is not one of ('filter', 'error')",
+        ),
+        (0 <= cfg.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),
+        (
+            cfg.data.eval_fraction == 0 or (cfg.data.eval_split is None and cfg.data.eval_path is None),
+            "data.eval_fraction holds out part of the training split: leave data.eval_split and "
+            "data.eval_path unset with it (or set data.eval_fraction=0)",
+        ),
+        (cfg.data.eval_size >= 0, "data.eval_size must be >= 0 (0 = all rows)"),
+        (
+            not cfg.data.path.startswith("builtin:")
+            or cfg.data.eval_path is not None
+            or (cfg.data.eval_fraction == 0 and cfg.data.eval_split is None),
+            f"data.path={cfg.data.path!r} is generated: evaluate on data.eval_size generated rows "
+            "instead of data.eval_split / data.eval_fraction",
+        ),
+        (
+            len(set(cfg.data.columns.values())) == len(cfg.data.columns),
+            f"data.columns={dict(cfg.data.columns)} renames one dataset column twice; each once",
+        ),
+        (cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1"),
+        (cfg.learner.num_workers >= 1, "learner.num_workers must be >= 1"),
+        (
+            cfg.learner.strategy in ("dp", "fsdp2"),
+            f"learner.strategy={cfg.learner.strategy!r} is not one of ('dp', 'fsdp2')",
+        ),
+        (
+            cfg.learner.strategy == "dp"
+            or (cfg.weights.transport == "object_store" and cfg.model.lora.rank == 0),
+            "learner.strategy=fsdp2 works with weights.transport=object_store and without LoRA "
+            "(model.lora.rank=0) so far; use learner.strategy=dp for the others",
+        ),
+        (
+            cfg.learner.strategy == "dp" or not cfg.learner.compile,
+            "learner.compile=true is not supported with learner.strategy=fsdp2 yet (FSDP2's hooks "
+            "would run inside the compiled layers): set learner.compile=false",
+        ),
+        (
+            cfg.learner.num_workers == 1 or cfg.cluster.mode == "ray",
+            f"learner.num_workers={cfg.learner.num_workers} needs one process per learner: "
+            "use cluster.mode=ray (or learner.num_workers=1)",
+        ),
+        (cfg.rollout.sampling.temperature > 0, "rollout.sampling.temperature must be > 0 for RL"),
+        (cfg.rollout.sampling.max_new_tokens >= 1, "rollout.sampling.max_new_tokens must be >= 1"),
+        (all(cfg.rollout.sampling.stop), "rollout.sampling.stop: every stop string must be non-empty"),
+        (cfg.rollout.vllm.tensor_parallel_size >= 1, "rollout.vllm.tensor_parallel_size must be >= 1"),
+        (
+            0 < cfg.rollout.vllm.gpu_memory_utilization <= 1,
+            "rollout.vllm.gpu_memory_utilization must be in (0, 1]",
+        ),
+        (cfg.rollout.vllm.max_model_len >= 0, "rollout.vllm.max_model_len must be >= 0 (0 = automatic)"),
+        (cfg.rollout.vllm.cpu_kvcache_space_gib >= 1, "rollout.vllm.cpu_kvcache_space_gib must be >= 1"),
+        (
+            cfg.rollout.engine != "vllm" or cfg.model.lora.rank == 0,
+            "rollout.engine=vllm does not take LoRA adapters yet: use rollout.engine=hf with model.lora",
+        ),
+        (
+            cfg.learner.per_device_samples_per_micro_batch >= 1,
+            "learner.per_device_samples_per_micro_batch must be >= 1",
+        ),
+        (
+            cfg.learner.global_samples_per_optimizer_step >= 0,
+            "learner.global_samples_per_optimizer_step must be >= 0",
+        ),
+        (cfg.algorithm.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1"),
+        (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
+        (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
+        (cfg.weights.bucket_mb > 0, "weights.bucket_mb must be > 0"),
+        (
+            cfg.model.lora.quantize == "none" or cfg.model.lora.rank > 0,
+            "model.lora.quantize=4bit (QLoRA) trains adapters on a quantized base: set model.lora.rank > 0",
+        ),
+        (
+            cfg.learner.mixed_precision == "no" or cfg.model.dtype == "float32",
+            f"learner.mixed_precision={cfg.learner.mixed_precision} keeps float32 master weights: set "
+            f"model.dtype=float32 (or learner.mixed_precision=no to train the {cfg.model.dtype} weights)",
+        ),
+        (cfg.learner.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch must be >= 0"),
+        (cfg.learner.logprob_chunk_tokens >= 0, "learner.logprob_chunk_tokens must be >= 0 (0 = no chunks)"),
+        (cfg.learner.warmup_steps >= 0, "learner.warmup_steps must be >= 0"),
+        (0 <= cfg.learner.warmup_ratio < 1, "learner.warmup_ratio must be in [0, 1)"),
+        (
+            cfg.learner.warmup_steps == 0 or cfg.learner.warmup_ratio == 0,
+            "learner.warmup_steps and learner.warmup_ratio are both set: give one of them",
+        ),
+        (0 <= cfg.learner.min_lr_ratio <= 1, "learner.min_lr_ratio must be in [0, 1]"),
+        (
+            cfg.learner.lr_schedule_steps > 0
+            or (cfg.learner.lr_scheduler == "constant" and cfg.learner.warmup_ratio == 0),
+            f"learner.lr_scheduler={cfg.learner.lr_scheduler} / learner.warmup_ratio need "
+            "learner.lr_schedule_steps > 0 (the schedule's length in trainer steps)",
+        ),
+        (
+            bool(cfg.reward.functions or cfg.reward.model.path) or not online,
+            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",
+        ),
+        (
+            not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),
+            f"reward.weights has {len(cfg.reward.weights)} entries for {len(cfg.reward.functions)} "
+            "reward.functions; give one weight per function (or none for 1.0 each)",
+        ),
+        (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
+        (cfg.reward.max_concurrency >= 1, "reward.max_concurrency must be >= 1"),
+        (
+            cfg.reward.executor in ("process", "thread"),
+            f"reward.executor={cfg.reward.executor!r} is not one of ('process', 'thread')",
+        ),
+        (cfg.reward.model.max_tokens >= 0, "reward.model.max_tokens must be >= 0 (0 = the model's limit)"),
+        (cfg.rollout.prompts_per_chunk >= 0, "rollout.prompts_per_chunk must be >= 0 (0 = automatic)"),
+        (cfg.trainer.max_restarts >= 0, "trainer.max_restarts must be >= 0"),
+        (
+            cfg.trainer.max_staleness >= 1 or not cfg.trainer.asynchronous,
+            "trainer.max_staleness must be >= 1 with trainer.async=true (0 leaves nothing to overlap)",
+        ),
+        (
+            not (cfg.cluster.colocate and cfg.trainer.asynchronous),
+            "cluster.colocate=true and trainer.async=true do not go together: colocated rollout "
+            "workers sleep while the learner trains, so nothing can overlap; set one of them to false",
+        ),
+        (
+            not cfg.cluster.colocate or cfg.rollout.num_workers == cfg.learner.num_workers,
+            f"cluster.colocate=true pairs rollout worker i with learner i on one device set: set "
+            f"rollout.num_workers={cfg.learner.num_workers} (= learner.num_workers)",
+        ),
+        (cfg.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0 = no evaluation during training)"),
+        (cfg.eval.k >= 1, "eval.k must be >= 1"),
+        (cfg.eval.sampling.temperature > 0, "eval.sampling.temperature must be > 0"),
+        (cfg.eval.sampling.max_new_tokens >= 1, "eval.sampling.max_new_tokens must be >= 1"),
+        (
+            cfg.eval.every_steps == 0 or online,
+            "eval.every_steps: evaluation during training is for online RL (algorithm.kind=online)",
+        ),
+        (
+            cfg.eval.every_steps == 0 or bool(cfg.eval.reward_functions or cfg.reward.functions),
+            "eval.every_steps > 0 needs reward functions to score with: eval.reward_functions or "
+            "reward.functions",
+        ),
+        (
+            not cfg.eval.reward_weights or len(cfg.eval.reward_weights) == len(cfg.eval.reward_functions),
+            f"eval.reward_weights has {len(cfg.eval.reward_weights)} entries for "
+            f"{len(cfg.eval.reward_functions)} eval.reward_functions; one weight per function",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    _check_names(cfg)
+
+
+def _check_names(cfg: RLFTConfig) -> None:
+    """Every component named in the config exists (each getter raises naming the key and the options)."""
+    from rlft import algorithms
+    from rlft.cluster import MODES
+    from rlft.learner.optim import LR_SCHEDULERS, MIXED_PRECISION
+    from rlft.modeling import DTYPES, PACKED_ATTENTION, QUANTIZATIONS
+    from rlft.rollout.worker import ENGINES
+    from rlft.weights import TRANSPORTS
+
+    algo = cfg.algorithm
+    if algo.kind == "online":
+        algorithms.get_advantage(algo.advantage)
+        algorithms.get_policy_loss(algo.policy_loss)
+        algorithms.get_loss_agg(algo.loss_agg)
+        algorithms.get_kl(algo.kl.estimator)
+    else:
+        algorithms.get_preference_loss(algo.preference_loss)
+    wandb_modes = ("auto", "online", "offline", "disabled")
+    for key, value, options in [
+        ("rollout.engine", cfg.rollout.engine, ENGINES),
+        ("rollout.hf.decode", cfg.rollout.hf.decode, HF_DECODES),
+        ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
+        ("model.lora.quantize", cfg.model.lora.quantize, QUANTIZATIONS),
+        ("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION),
+        ("learner.lr_scheduler", cfg.learner.lr_scheduler, LR_SCHEDULERS),
+        ("learner.packed_attention", cfg.learner.packed_attention, PACKED_ATTENTION),
+        ("weights.transport", cfg.weights.transport, TRANSPORTS),
+        ("cluster.mode", cfg.cluster.mode, MODES),
+        ("tracking.wandb.mode", cfg.tracking.wandb.mode, wandb_modes),
+    ]:
+        if value not in options:
+            raise ValueError(f"{key}={value!r} is not one of {options}")
