@@ -133,6 +133,15 @@ class Cluster:
             remove_placement_group(self._placement)
         self._placement, self._colocated = None, {}
 
+    def total_resources(self) -> dict[str, float] | None:
+        """The CPUs, GPUs, ... of the Ray instance this process started (``cluster.address`` empty);
+        None in local mode or on a cluster joined by address, which may add nodes on demand."""
+        if self.local or self.cfg.address:
+            return None
+        import ray
+
+        return ray.cluster_resources()
+
     def threads(self, num_cpus: float) -> int:
         """Torch threads for a Ray actor granted ``num_cpus`` (at least 1, at most this machine's
         cores); 0 = leave the thread count alone, in local mode where all workers share a process."""
