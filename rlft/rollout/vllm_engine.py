@@ -13,6 +13,13 @@ learner's tensors arrive in checkpoint (Hugging Face) format and are loaded with
 parallelism); each layer's kernel-format post-processing (e.g. the CPU backend's packed GEMM
 weights) runs again as soon as all of its tensors have arrived, and the processed values are
 copied into the layer's existing tensors: nothing is read from disk and the engine is not rebuilt.
+
+With LoRA (``model.lora.rank > 0``) the base model stays as loaded and only the adapters arrive
+(peft's trainable tensors). After each update they are written as a peft adapter directory
+(``adapter_config.json`` + ``adapter_model.safetensors``) in a private temporary directory and
+loaded under a new LoRA id, the previous one is removed (one adapter in memory), and every
+generate asks for it. Before the first update (peft's initial adapters, B = 0) the engine
+samples from the base model, which is the same function.
 """
 
 from __future__ import annotations
@@ -20,13 +27,17 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
+import tempfile
+import typing
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlft.config import ModelConfig, SamplingConfig, VLLMEngineConfig
-from rlft.modeling import load_tokenizer
+from rlft.modeling import apply_lora, load_tokenizer
 from rlft.rollout.engine import Completion, cut_at_stop
 from rlft.tiny_model import resolve_model_path
 
@@ -51,10 +62,6 @@ class VLLMEngine:
     """A ``vllm.LLM`` over the model at ``model.path``; its weights are replaced in place."""
 
     def __init__(self, model_cfg: ModelConfig, vllm_cfg: VLLMEngineConfig):
-        if model_cfg.lora.rank > 0:
-            raise ValueError(
-                "rollout.engine=vllm does not take LoRA adapters yet: use rollout.engine=hf with model.lora"
-            )
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(vllm_cfg.cpu_kvcache_space_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # no INFO lines at every step
@@ -70,7 +77,9 @@ class VLLMEngine:
             )
         self.sleep_mode = vllm_cfg.enable_sleep_mode
         self.tokenizer = load_tokenizer(model_cfg)
-        self._tied = _tied_names(model_cfg)
+        meta = _meta_model(model_cfg)
+        self._tied = _tied_names(meta)
+        self.lora = _LoraState(meta) if model_cfg.lora.rank > 0 else None
         self.llm = vllm.LLM(
             model=resolve_model_path(model_cfg.path),
             tokenizer=resolve_model_path(model_cfg.tokenizer_path or model_cfg.path),
@@ -89,7 +98,10 @@ class VLLMEngine:
             # Engine-level seed (vLLM also seeds this process's global RNGs with it); every
             # request carries its own seed (see generate).
             seed=0,
+            **(_lora_engine_args(model_cfg.lora.rank) if self.lora else {}),
         )
+        if self.lora:
+            self.lora.check_targets(self.llm.collective_rpc(_lora_module_names)[0])
         self._update_open = False
 
     # --- generation ------------------------------------------------------------------------------
@@ -119,7 +131,12 @@ class VLLMEngine:
             )
             for _ in prompts
         ]
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts],
+            params,
+            use_tqdm=False,
+            lora_request=self.lora.request if self.lora else None,
+        )
         return [
             [self._completion(o, sampling.stop) for o in sorted(out.outputs, key=lambda o: o.index)]
             for out in outputs
@@ -137,8 +154,12 @@ class VLLMEngine:
     # --- weights ---------------------------------------------------------------------------------
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load a full set of weights (Hugging Face names) in place."""
+        """Load a full set of weights (Hugging Face names) in place; with LoRA the adapters."""
         self._finish_update()
+        if self.lora:
+            self.load_named_tensors(weights.items())
+            self._finish_update()
+            return
         self._begin_update()
         self.llm.collective_rpc(_load_tensors, args=(self._with_tied(list(weights.items())),))
         self._finish_update()
@@ -148,7 +169,11 @@ class VLLMEngine:
 
         Consecutive calls form one update, closed before the next generate: a layer whose tensors
         straddle two buckets is processed once all of them have arrived. The tensors are copied
-        first, since a transport reuses its bucket buffer for the next bucket."""
+        first, since a transport reuses its bucket buffer for the next bucket. With LoRA they
+        are adapter tensors (peft names), kept until the update is closed."""
+        if self.lora:
+            self._update_open = True
+            return self.lora.receive(tensors)
         if not self._update_open:
             self._begin_update()
         batch = [(name, t.detach().clone()) for name, t in tensors]
@@ -173,25 +198,34 @@ class VLLMEngine:
         sent ones) and drop every prefix-cache entry computed with the old weights."""
         if not self._update_open:
             return
-        self.llm.collective_rpc(_finish_reload)
-        self.llm.reset_prefix_cache()
+        if self.lora:  # prefix-cache entries belong to a LoRA id: a new id shares none of them
+            self.lora.publish(self.llm.llm_engine)
+        else:
+            self.llm.collective_rpc(_finish_reload)
+            self.llm.reset_prefix_cache()
         self._update_open = False
 
     def get_weights(self) -> dict[str, torch.Tensor]:
         """The engine's parameters under vLLM's names (fused ``qkv_proj`` / ``gate_up_proj``) from
         the first worker. Parameters a backend has repacked into a kernel format and emptied (the
-        CPU backend's linear layers) are left out."""
+        CPU backend's linear layers) are left out. With LoRA the adapters last received (peft
+        names) are added."""
         self._finish_update()
-        return self.llm.collective_rpc(_state_dict)[0]
+        weights = self.llm.collective_rpc(_state_dict)[0]
+        return {**weights, **self.lora.tensors} if self.lora else weights
 
     # --- colocation ------------------------------------------------------------------------------
 
     def sleep(self, level: int = 1) -> None:
         """Release device memory: level 1 frees the KV cache and moves the weights to host memory,
-        level 2 frees both (the next weight sync refills them). Without
-        rollout.vllm.enable_sleep_mode (always so on the CPU, where vLLM has no sleep mode) the
-        engine keeps its memory and this only logs that once."""
+        level 2 frees both (the next weight sync refills them; not with LoRA, whose syncs carry
+        only the adapters). Without rollout.vllm.enable_sleep_mode (always so on the CPU, where
+        vLLM has no sleep mode) the engine keeps its memory and this only logs that once."""
         self._finish_update()
+        if self.lora and level >= 2:
+            raise ValueError(
+                "sleep level 2 would drop the base weights, which LoRA syncs do not resend: use level 1"
+            )
         if self.sleep_mode:
             self.llm.sleep(level=level)
         elif not getattr(self, "_warned_sleep", False):
@@ -204,9 +238,9 @@ class VLLMEngine:
             self.llm.wake_up()
 
 
-def _tied_names(model_cfg: ModelConfig) -> dict[str, list[str]]:
-    """Name -> the other names of the same parameter (tied weights) in the Hugging Face model,
-    found on an empty (meta-device) instance of its architecture."""
+def _meta_model(model_cfg: ModelConfig) -> torch.nn.Module:
+    """An empty (meta-device) instance of the Hugging Face model's architecture, with the peft
+    adapters of ``model.lora`` when its rank is > 0: names and shapes, no memory."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(
@@ -214,10 +248,94 @@ def _tied_names(model_cfg: ModelConfig) -> dict[str, list[str]]:
     )
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+        return apply_lora(model, model_cfg)
+
+
+def _tied_names(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Name -> the other names of the same parameter (tied weights) in ``model``."""
     names: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(name)
     return {n: [m for m in group if m != n] for group in names.values() if len(group) > 1 for n in group}
+
+
+def _lora_engine_args(rank: int) -> dict[str, Any]:
+    """``vllm.LLM`` arguments for one LoRA adapter of rank ``rank``: vLLM allocates adapter
+    slots of ``max_lora_rank``, which must be one of its fixed sizes (the smallest >= rank)."""
+    from vllm.config.lora import MaxLoRARanks
+
+    sizes = sorted(typing.get_args(MaxLoRARanks))
+    if rank > sizes[-1]:
+        raise ValueError(f"model.lora.rank={rank}: vLLM takes LoRA ranks up to {sizes[-1]}; lower it")
+    return {"enable_lora": True, "max_lora_rank": min(s for s in sizes if s >= rank), "max_loras": 1}
+
+
+class _LoraState:
+    """The engine's LoRA adapter: the tensors received (peft's trainable names, as the learner
+    sends them) and the vLLM adapter they were last published as."""
+
+    def __init__(self, meta_model: torch.nn.Module):
+        self.config = meta_model.peft_config["default"]
+        self.shapes = {n: p.shape for n, p in meta_model.named_parameters() if p.requires_grad}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.request: Any = None
+        """The LoRARequest every generate passes; None (the base model) before the first update."""
+        self._dir = Path(tempfile.mkdtemp(prefix="rlft-vllm-lora-"))
+        self._next_id = 1
+
+    def check_targets(self, vllm_modules: set[str]) -> None:
+        """Every layer name in ``model.lora.target_modules`` that got an adapter must be one vLLM
+        can put a LoRA on (e.g. not lm_head / embed_tokens for most models)."""
+        ours = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in self.shapes}
+        unsupported = sorted(ours - vllm_modules)
+        if unsupported:
+            raise ValueError(
+                f"model.lora.target_modules has {unsupported}, which vLLM cannot put LoRA adapters "
+                f"on for this model (it can: {sorted(vllm_modules)}): leave them out of "
+                "model.lora.target_modules, or use rollout.engine=hf"
+            )
+
+    def receive(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Keep a copy of each adapter tensor (checked against the model's adapters); returns the bytes."""
+        nbytes = 0
+        for name, t in tensors:
+            shape = self.shapes.get(name)
+            if shape is None:
+                raise KeyError(f"weight sync: {name!r} is not one of this engine's LoRA adapter tensors")
+            if t.shape != shape:
+                raise ValueError(
+                    f"weight sync: {name} is {tuple(shape)} here but {tuple(t.shape)} in the update"
+                )
+            self.tensors[name] = t.detach().to("cpu", copy=True)
+            nbytes += t.numel() * t.element_size()
+        return nbytes
+
+    def publish(self, engine: Any) -> None:
+        """Write the adapters as a peft adapter directory, load it into ``engine`` (a vLLM
+        LLMEngine) under a new LoRA id and remove the previous adapter and its directory."""
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        missing = self.shapes.keys() - self.tensors.keys()
+        if missing:
+            raise ValueError(
+                f"weight sync: the update lacks {len(missing)} LoRA tensors, e.g. {min(missing)}"
+            )
+        lora_id, self._next_id = self._next_id, self._next_id + 1
+        path = self._dir / f"adapter_{lora_id}"
+        self.config.save_pretrained(str(path))
+        # peft's file format: the adapter's name ("default") is not part of the tensor names
+        tensors = {n.replace(".default.", "."): t for n, t in self.tensors.items()}
+        save_file(tensors, path / "adapter_model.safetensors")
+        request = LoRARequest(lora_name=f"policy_{lora_id}", lora_int_id=lora_id, lora_path=str(path))
+        engine.add_lora(request)
+        if self.request is not None:
+            engine.remove_lora(self.request.lora_int_id)
+            shutil.rmtree(self.request.lora_path, ignore_errors=True)
+        self.request = request
+
+    def __del__(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _rotary_filter(record: logging.LogRecord) -> bool:
@@ -248,6 +366,14 @@ def _finish_reload(worker: Any) -> None:
 
     with set_current_vllm_config(worker.vllm_config):
         finalize_layerwise_reload(worker.model_runner.get_model(), worker.vllm_config.model_config)
+
+
+def _lora_module_names(worker: Any) -> set[str]:
+    """Layer names (last name part, checkpoint spelling: q_proj, not qkv_proj) vLLM can put LoRA
+    adapters on in this model."""
+    manager = worker.model_runner.lora_manager._adapter_manager
+    packed = manager.packed_modules_mapping
+    return {name for module in manager.supported_lora_modules for name in packed.get(module, [module])}
 
 
 def _state_dict(worker: Any) -> dict[str, torch.Tensor]:
