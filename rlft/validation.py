@@ -98,8 +98,11 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.rollout.vllm.max_model_len >= 0, "rollout.vllm.max_model_len must be >= 0 (0 = automatic)"),
         (cfg.rollout.vllm.cpu_kvcache_space_gib >= 1, "rollout.vllm.cpu_kvcache_space_gib must be >= 1"),
         (
-            cfg.rollout.engine != "vllm" or cfg.model.lora.rank == 0,
-            "rollout.engine=vllm does not take LoRA adapters yet: use rollout.engine=hf with model.lora",
+            cfg.rollout.engine != "vllm"
+            or cfg.model.lora.rank == 0
+            or not {"lm_head", "embed_tokens"} & set(cfg.model.lora.target_modules),
+            "rollout.engine=vllm cannot put LoRA adapters on lm_head or embed_tokens: leave them out "
+            "of model.lora.target_modules, or use rollout.engine=hf",
         ),
         (
             cfg.learner.per_device_samples_per_micro_batch >= 1,
