@@ -70,6 +70,52 @@ def test_math_answer_empty_ground_truth_is_an_error_not_a_zero():
     assert result.kind == "raised" and "ground truth" in result.message
 
 
+DAPO_END = "\n\nTherefore the sum is 34.\nAnswer: 34"  # the last line DAPO-Math-17k's prompts ask for
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        (DAPO_END, "34", 1.0),
+        (DAPO_END, "35", 0.0),
+        ("answer : 1/2", r"\frac{1}{2}", 1.0),  # any case, blanks before the colon, equivalence
+        ("Final Answer: $x = 3$", "3", 1.0),
+        (r"Answer: \boxed{\frac{1}{2}}", "0.5", 1.0),  # a boxed answer on the line is unwrapped
+        ("Answer:\n\n  7", "7", 1.0),  # the answer on the next non-blank line
+        ("Answer: 3 (the first)\nWait, no.\nAnswer: 4", "4", 1.0),  # several: the last one counts
+        ("Answer: 3 (the first)\nWait, no.\nAnswer: 4", "3", 0.0),
+        ("Answer: 4\nAnswer:", "4", 0.0),  # the last marker has no answer: no answer
+        ("Answer: Answer: 5", "5", 1.0),  # the last marker, even on the same line
+        ("Therefore the sum is 34.", "34", 0.0),  # no "Answer:": 0, not the last number
+        (r"so $\boxed{34}$", "34", 0.0),  # with answer_line only the Answer: line counts
+        ("", "34", 0.0),
+        ("Answer: 日本", "34", 0.0),
+        (HUGE + "\nAnswer: 7", "7", 1.0),
+        ("answer" * 200_000 + ":", "7", 0.0),
+        ("Answer: 7" + "\nanswer " * 100_000, "7", 1.0),  # markers need their colon
+    ],
+    ids=short_id,
+)
+def test_math_answer_reads_the_answer_line(completion, answer, expected):
+    fn = load_reward_function("rewards/math_answer.py:math_answer", search_dirs=[ROOT])
+    fn = fn.with_params({"answer_line": True})
+    assert fn([""], [completion], {"answer": [answer]}) == [expected]
+
+
+def test_math_answer_ignores_answer_lines_by_default():
+    assert score("math_answer.py:math_answer", [DAPO_END], answer=["34"]) == [0.0]
+
+
+@pytest.mark.parametrize("recipe", ["dapo_math", "gspo_math"])
+def test_dapo_math_recipes_read_the_answer_line(recipe):
+    from rlft.cli import load_config
+
+    cfg = load_config([f"recipe={recipe}", "reward.executor=thread"])
+    with RewardManager.from_config(cfg.reward, search_dirs=[ROOT]) as manager:
+        scores, _ = manager.score([""], [DAPO_END], {"answer": ["34"]})
+    assert scores == [1.0]
+
+
 # --- gsm8k -----------------------------------------------------------------------------------------
 
 GSM8K_TRUTH = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n48+24 = <<48+24=72>>72\n#### 72"

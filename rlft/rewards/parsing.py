@@ -10,6 +10,8 @@ from fractions import Fraction
 MAX_NUMBER_CHARS = 100
 """Longer digit strings are not read as numbers."""
 _HASH_ANSWER = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_MARKER = re.compile(r"answer[ \t]*:", re.IGNORECASE)
+_REST_OF_LINE = re.compile(r"\s*([^\n]*)")
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
 
 
@@ -49,6 +51,17 @@ def last_hash_answer(text: str) -> str | None:
     if position < 0:
         return None
     return _HASH_ANSWER.match(text, position).group(1).strip()
+
+
+def last_answer_line(text: str) -> str | None:
+    """What follows the last ``Answer:`` (any case, e.g. ``Final answer :``) up to the end of the
+    line, stripped; if nothing but blanks follows it on its line, the next non-blank line. This is
+    the answer format of DAPO-Math-17k's prompts ("The last line of your response should be of the
+    form Answer: $Answer"). None without a marker or with nothing after the last one."""
+    markers = list(_ANSWER_MARKER.finditer(text))
+    if not markers:
+        return None
+    return _REST_OF_LINE.match(text, markers[-1].end()).group(1).strip() or None
 
 
 def last_number(text: str) -> str | None:
