@@ -148,8 +148,57 @@ def test_top_k_top_p_keep_the_right_tokens() -> None:
     # top-p applies to the top-k tokens' renormalised probabilities (2/3, 1/3)
     assert kept(_top_k_top_p(logits, 2, 0.6)) == [2]
     assert kept(_top_k_top_p(logits, 2, 0.7)) == [1, 2]
-    tokens, logprobs = sample_next(logits.expand(2000, -1), SamplingConfig(top_p=0.7))
+
+
+def test_logprobs_are_those_of_the_truncated_distribution() -> None:
+    """The reported logprob is that of the distribution sampled from (vLLM's processed logprobs):
+    tempered, then renormalised over the top-k / top-p tokens. Worked by hand on 5 tokens."""
+    p = torch.tensor([0.0625, 0.25, 0.5, 0.0625, 0.125])
+    logits = p.log()[None].expand(4000, -1)
+    # top_p=0.7 keeps 0.5 and 0.25: q = 2/3, 1/3.
+    tokens, logprobs = sample_next(logits, SamplingConfig(top_p=0.7))
+    expected = {2: math.log(2 / 3), 1: math.log(1 / 3)}
     assert set(tokens.tolist()) == {1, 2}
-    # The logprob is over the full vocabulary, as the learner scores it.
-    assert torch.allclose(logprobs, p.log()[tokens])
-    assert math.isclose((tokens == 2).float().mean().item(), 2 / 3, abs_tol=0.05)
+    assert math.isclose((tokens == 2).float().mean().item(), 2 / 3, abs_tol=0.04)
+    assert torch.allclose(logprobs, torch.tensor([expected[t] for t in tokens.tolist()]))
+    # temperature 2 makes the weights sqrt(p); top_k=2 keeps sqrt(1/2) and sqrt(1/4) = 1/2:
+    # q = sqrt(2) / (sqrt(2) + 1) = 2 - sqrt(2) and 1 / (sqrt(2) + 1) = sqrt(2) - 1.
+    tokens, logprobs = sample_next(logits, SamplingConfig(temperature=2.0, top_k=2))
+    expected = {2: math.log(2 - math.sqrt(2)), 1: math.log(math.sqrt(2) - 1)}
+    assert set(tokens.tolist()) == {1, 2}
+    assert torch.allclose(logprobs, torch.tensor([expected[t] for t in tokens.tolist()]))
+    assert math.isclose((tokens == 2).float().mean().item(), 2 - math.sqrt(2), abs_tol=0.04)
+
+
+def _truncated_logprob(
+    logits: torch.Tensor, token: int, temperature: float, top_k: int, top_p: float
+) -> float:
+    """log q(token): softmax(logits / T) kept to the top-k tokens, then to the most likely ones
+    until their renormalised mass reaches top_p, renormalised (a plain loop, as a reference)."""
+    probs = torch.softmax(logits.double() / temperature, -1)
+    ranked = sorted(range(len(probs)), key=lambda i: -probs[i].item())[:top_k]
+    mass = sum(probs[i].item() for i in ranked)
+    kept, total = [], 0.0
+    for i in ranked:
+        kept.append(i)
+        total += probs[i].item() / mass
+        if total >= top_p:
+            break
+    assert token in kept, "a token outside the kept set was sampled"
+    return math.log(probs[token].item() / sum(probs[i].item() for i in kept))
+
+
+@pytest.mark.parametrize("decode", ["auto", "generate"])
+def test_truncated_sampling_logprobs_match_a_reference(engines: dict[str, HFEngine], decode: str) -> None:
+    engine = engines[decode]
+    sampling = SamplingConfig(temperature=0.7, top_k=5, top_p=0.8, max_new_tokens=8)
+    groups = engine.generate(PROMPTS, 2, sampling, seed=3)
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        for c in group:
+            ids = torch.tensor([prompt + c.token_ids])
+            with torch.no_grad():
+                logits = engine.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+            expected = [
+                _truncated_logprob(row, t, 0.7, 5, 0.8) for row, t in zip(logits, c.token_ids, strict=True)
+            ]
+            assert torch.allclose(torch.tensor(c.logprobs), torch.tensor(expected).float(), atol=1e-4)

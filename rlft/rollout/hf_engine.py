@@ -11,7 +11,9 @@ Two decoders, picked by ``rollout.hf.decode``:
   ``_DONE_CHECK_EVERY`` steps.
 - ``generate``: transformers ``generate`` (any model it supports).
 
-Both return, per token, the sampler's log-probability at the sampling temperature over the full
+Both return, per token, its log-probability under the distribution it was sampled from: at the
+sampling temperature and, with top-k / top-p, renormalised over the kept tokens (as vLLM's
+``processed_logprobs``). Without truncation that is log_softmax(logits / temperature) over the full
 vocabulary, the quantity the learner recomputes.
 """
 
@@ -111,15 +113,15 @@ class HFEngine:
             num_return_sequences=n,
             eos_token_id=eos,
             pad_token_id=pad,
-            output_logits=True,
+            output_scores=True,  # the processed scores: tempered, top-k / top-p tokens kept
             return_dict_in_generate=True,
         )
         result = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config
         )
         tokens = result.sequences[:, width:]
-        logits = torch.stack(result.logits, dim=1).float() / sampling.temperature
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+        scores = torch.stack(result.scores, dim=1).float()  # -inf outside the kept tokens
+        logprobs = torch.log_softmax(scores, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
         return tokens, logprobs
 
     def _completion(self, tokens: list[int], logprobs: list[float], stop: list[str]) -> Completion:
@@ -360,18 +362,19 @@ class StaticDecoder:
 def sample_next(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row from [B, V] float32 ``logits``, and its log-probability.
 
-    The token is drawn from softmax(logits / temperature) restricted to the top-k tokens and then
-    to the smallest set whose probability reaches top-p (nucleus sampling, Holtzman et al. 2020);
-    the returned log-probability is log_softmax(logits / temperature) over the full vocabulary,
-    the value the learner recomputes. The draw is an exponential race, argmax_i p_i / E_i with
-    E_i ~ Exp(1), which picks i with probability p_i and never waits for the GPU.
+    The token is drawn from q = softmax(logits / temperature) restricted to the top-k tokens and
+    then to the smallest set whose probability reaches top-p (nucleus sampling, Holtzman et al.
+    2020), renormalised over the kept tokens; the returned log-probability is log q(token), that
+    of the distribution sampled from (vLLM's ``processed_logprobs``). Without top-k / top-p it is
+    log_softmax(logits / temperature) over the full vocabulary, the value the learner recomputes.
+    The draw is an exponential race, argmax_i q_i / E_i with E_i ~ Exp(1), which picks i with
+    probability q_i and never waits for the GPU.
     """
     scaled = logits if sampling.temperature == 1.0 else logits / sampling.temperature
-    logp = torch.log_softmax(scaled, dim=-1)
-    probs = _top_k_top_p(scaled, sampling.top_k, sampling.top_p).softmax(-1)
-    race = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
-    token = (probs / race).argmax(-1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    logq = torch.log_softmax(_top_k_top_p(scaled, sampling.top_k, sampling.top_p), dim=-1)
+    race = torch.empty_like(logq).exponential_().clamp_min_(1e-20)
+    token = (logq.exp() / race).argmax(-1)
+    return token, logq.gather(-1, token[:, None]).squeeze(-1)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
