@@ -55,14 +55,22 @@ def test_micro_batches_give_the_same_update_as_one_batch(tiny_model_dir: Path, s
     before = {k: v.clone() for k, v in one.get_weights().tensors.items()}
     for learner in (one, four):
         learner.optimizer = torch.optim.SGD(learner.model.parameters(), lr=1.0)
-    m1, m4 = one.train_step(samples), four.train_step(samples)
-    for key in ("loss/policy", "kl", "entropy", "grad_norm"):
-        assert m1[key] == pytest.approx(m4[key], rel=1e-4, abs=1e-6), key
-    w1, w4 = one.get_weights().tensors, four.get_weights().tensors
-    for name in w1:
-        g1, g4 = before[name] - w1[name], before[name] - w4[name]
-        assert torch.allclose(g1, g4, rtol=1e-4, atol=1e-7), name
+    _assert_same_step(one, four, samples, before, rtol=1e-4, atol=1e-7)
+    w1 = one.get_weights().tensors
     assert any(g.abs().max() > 1e-4 for g in (before[n] - w1[n] for n in w1))
+
+
+def _assert_same_step(
+    a: Learner, b: Learner, batch: list[Sample], before: dict[str, torch.Tensor], rtol: float, atol: float
+) -> None:
+    """One train_step of each on ``batch`` gives the same metrics and the same weight change from
+    ``before`` (with SGD at lr 1: the same gradient), to the given tolerance."""
+    ma, mb = a.train_step(batch), b.train_step(batch)
+    for key in ("loss/policy", "kl", "entropy", "grad_norm"):
+        assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), key
+    wa, wb = a.get_weights().tensors, b.get_weights().tensors
+    for name in wa:
+        assert torch.allclose(before[name] - wa[name], before[name] - wb[name], rtol=rtol, atol=atol), name
 
 
 def test_compiled_learner_gives_the_eager_update(tiny_model_dir: Path, samples: list[Sample]) -> None:
@@ -76,13 +84,7 @@ def test_compiled_learner_gives_the_eager_update(tiny_model_dir: Path, samples: 
         learner.algo = replace(learner.algo, entropy_coef=0.01)
     for batch in (samples, samples[:5]):
         before = {k: v.clone() for k, v in eager.get_weights().tensors.items()}
-        m_eager, m_compiled = eager.train_step(batch), compiled.train_step(batch)
-        for key in ("loss/policy", "kl", "entropy", "grad_norm"):
-            assert m_compiled[key] == pytest.approx(m_eager[key], rel=1e-4, abs=1e-6), key
-        w_eager, w_compiled = eager.get_weights().tensors, compiled.get_weights().tensors
-        for name in w_eager:
-            g_eager, g_compiled = before[name] - w_eager[name], before[name] - w_compiled[name]
-            assert torch.allclose(g_eager, g_compiled, rtol=1e-3, atol=1e-6), name
+        _assert_same_step(eager, compiled, batch, before, rtol=1e-3, atol=1e-6)
 
 
 def test_train_step_metrics_and_version(tiny_model_dir: Path, samples: list[Sample]) -> None:

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+# The full-weight vLLM tests' helpers (pytest puts tests/ on sys.path).
+from test_vllm_engine import PROMPTS, _mean_abs_diff
+from test_vllm_engine import _samples as samples_with_alternating_rewards
+
 from rlft.cli import load_config, main
 from rlft.cluster import Cluster
 from rlft.config import LoraConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Sample
-from rlft.rollout.engine import Completion
 from rlft.rollout.vllm_engine import _LoraState, _meta_model, vllm_available
 from rlft.tracking import read_metrics
 from rlft.trainers.online import start_workers
@@ -23,8 +26,6 @@ from rlft.weights import CollectiveTransport, ObjectStoreTransport
 
 VLLM_CPU = ["rollout.engine=vllm", "rollout.vllm.enforce_eager=true"]
 """On the CPU: no torch.compile (minutes to start on 2 cores, no gain for the tiny model)."""
-
-PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
 
 
 def test_lora_on_lm_head_is_refused_with_vllm(tiny_model_dir: Path) -> None:
@@ -89,25 +90,8 @@ def actors(tiny_model_dir: Path) -> Iterator[tuple[Cluster, object, object]]:
 
 def _samples(cluster: Cluster, worker: object, seed: int) -> list[Sample]:
     """4 vLLM completions per prompt (up to 8 tokens), rewards 1, 0, 1, 0 within each group."""
-    groups: list[list[Completion]] = cluster.get(
-        worker.generate.remote(PROMPTS, 4, SamplingConfig(max_new_tokens=8), seed)
-    )
-    return [
-        Sample(p, c.token_ids, c.logprobs, float(j % 2 == 0), i, c.policy_version)
-        for i, (p, g) in enumerate(zip(PROMPTS, groups, strict=True))
-        for j, c in enumerate(g)
-    ]
-
-
-def _mean_abs_diff(cluster: Cluster, learner: object, samples: list[Sample]) -> float:
-    """Mean |vLLM's sampler logprob - the learner's recomputed logprob| over all completion tokens."""
-    ours = cluster.get(learner.completion_logprobs.remote(samples))
-    diffs = [
-        abs(a - b)
-        for s, row in zip(samples, ours, strict=True)
-        for a, b in zip(s.sampler_logprobs, row, strict=True)
-    ]
-    return sum(diffs) / len(diffs)
+    groups = cluster.get(worker.generate.remote(PROMPTS, 4, SamplingConfig(max_new_tokens=8), seed))
+    return samples_with_alternating_rewards(groups)
 
 
 def _loaded_loras(cluster: Cluster, worker: object) -> set[int]:
