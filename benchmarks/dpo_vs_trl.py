@@ -156,6 +156,7 @@ def run_trl(
         save_strategy="no",
         seed=0,
         use_cpu=not torch.cuda.is_available(),
+        **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.trl_override)},
     )
     trainer = DPOTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[StepTimer()]
@@ -206,6 +207,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rlft-override", action="append", default=[], help="extra rlft config override")
+    parser.add_argument(
+        "--trl-override",
+        action="append",
+        default=[],
+        help="extra DPOConfig field, KEY=JSON (e.g. torch_compile=true)",
+    )
     parser.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)

@@ -271,6 +271,11 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more
     compute)."""
+    share_prompt: bool = True
+    """Preference pairs (DPO family): one row per pair, its prompt computed once for both
+    completions (prefix sharing with an attention mask that keeps the two apart; the same
+    log-probabilities as two rows, fewer tokens). Needs sdpa or eager attention; not with
+    learner.packing (set false to pack pairs as two rows). No effect on unpaired (KTO) or RL data."""
     compile: bool = False
     """``torch.compile`` each decoder layer (one compiled graph serves every layer) and the chunked
     LM-head log-prob arithmetic: fused elementwise kernels (norms, rotary, activations, the

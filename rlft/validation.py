@@ -78,6 +78,12 @@ def validate(cfg: RLFTConfig) -> None:
             "(model.lora.rank=0) so far; use learner.strategy=dp for the others",
         ),
         (
+            not (cfg.learner.packing and cfg.learner.share_prompt and _paired_preference(cfg)),
+            "learner.packing and learner.share_prompt both apply to preference pairs: set "
+            "learner.share_prompt=false to pack each pair as two sequences, or learner.packing=false "
+            "to share each pair's prompt",
+        ),
+        (
             cfg.learner.strategy == "dp" or not cfg.learner.compile,
             "learner.compile=true is not supported with learner.strategy=fsdp2 yet (FSDP2's hooks "
             "would run inside the compiled layers): set learner.compile=false",
@@ -195,6 +201,14 @@ def validate(cfg: RLFTConfig) -> None:
         if not ok:
             raise ValueError(message)
     _check_names(cfg)
+
+
+def _paired_preference(cfg: RLFTConfig) -> bool:
+    """Whether the run trains on preference pairs (DPO family; KTO's examples are unpaired)."""
+    from rlft.algorithms.preference_losses import UNPAIRED_PREFERENCE_LOSSES
+
+    algo = cfg.algorithm
+    return algo.kind == "preference" and algo.preference_loss not in UNPAIRED_PREFERENCE_LOSSES
 
 
 def _check_names(cfg: RLFTConfig) -> None:

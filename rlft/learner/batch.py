@@ -189,3 +189,103 @@ def pack(batch: Batch) -> Packed:
         max_length=int(lengths.max()),
         tokens=tokens,
     )
+
+
+@dataclass
+class SharedPromptRows:
+    """Preference pairs with the prompt computed once (prefix sharing, as in Wang et al. 2024,
+    "Accelerating Direct Preference Optimization with Prefix Sharing", arXiv 2410.20305).
+
+    Row i holds pair i as ``prompt, chosen, p_last, rejected``, right-padded: ``p_last`` is a copy
+    of the prompt's last token at the same position, so the rejected completion is read off the
+    usual next-token shift. The attention mask (:meth:`attention_bias`) makes every token see
+    exactly what it would see in its own sequence: the prompt, then its own completion; the copy
+    sees the prompt without its last token, and itself, so its hidden states equal that token's.
+    Positions restart after the chosen completion. Per token the log-probabilities therefore equal
+    those of two separate rows (tests/test_preference_shared.py), at ``p + c + r + 1`` instead of
+    ``2p + c + r`` tokens.
+    """
+
+    input_ids: torch.Tensor
+    """[N, L] prompt, chosen, copy of the prompt's last token, rejected, padding."""
+    position_ids: torch.Tensor
+    """[N, L] position of each token in its own sequence (0 on padding)."""
+    segments: torch.Tensor
+    """[N, L] PROMPT, PROMPT_END (the prompt's last token), CHOSEN, REJECTED (the copy, then the
+    rejected completion) or PAD."""
+
+    PAD, PROMPT, PROMPT_END, CHOSEN, REJECTED = -1, 0, 1, 2, 3
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """[N, L] 1 on real tokens (for micro-batch planning)."""
+        return (self.segments != self.PAD).long()
+
+    @property
+    def score_mask(self) -> torch.Tensor:
+        """[N, L] 1 on the completion tokens (the copied prompt token is not one)."""
+        rejected = self.segments == self.REJECTED
+        first_rejected = rejected & ~torch.nn.functional.pad(rejected[:, :-1], (1, 0))
+        return ((self.segments == self.CHOSEN) | (rejected & ~first_rejected)).float()
+
+    def attention_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """[N, 1, L, L] which keys each query attends to: a bool mask for ``dtype=torch.bool``,
+        else additive (0 or the dtype's minimum). Causal, and a token attends the prompt (the
+        prompt's last token only from the chosen side), its own segment and nothing else."""
+        q, k = self.segments[:, :, None], self.segments[:, None, :]
+        allowed = (k == q) | (k == self.PROMPT) | ((q == self.CHOSEN) & (k == self.PROMPT_END))
+        width = self.segments.shape[1]
+        allowed &= torch.ones(width, width, dtype=torch.bool, device=allowed.device).tril()
+        if dtype == torch.bool:
+            return allowed[:, None]
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
+        """[2N] sums of per-token ``values`` [N, L] over each completion: chosen, rejected, chosen, ..."""
+        scored = values * self.score_mask
+        chosen = (scored * (self.segments == self.CHOSEN)).sum(-1)
+        rejected = (scored * (self.segments == self.REJECTED)).sum(-1)
+        return torch.stack([chosen, rejected], -1).flatten()
+
+    def select(self, index: slice | torch.Tensor) -> SharedPromptRows:
+        """The rows at ``index``, trimmed to their longest."""
+        width = int(self.attention_mask[index].sum(-1).max())
+        return replace(self, **{f.name: getattr(self, f.name)[index][:, :width] for f in fields(self)})
+
+    def to(self, device: torch.device) -> SharedPromptRows:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def collate_shared_prompt(
+    pairs: list[tuple[list[int], list[int], list[int]]], pad_token_id: int
+) -> SharedPromptRows:
+    """(prompt, chosen, rejected) token ids of each pair in the :class:`SharedPromptRows` layout."""
+    if any(not prompt for prompt, _, _ in pairs):
+        raise ValueError(
+            "learner.share_prompt needs a non-empty prompt in every preference pair (one had none): "
+            "set learner.share_prompt=false"
+        )
+    width = max(len(p) + len(c) + 1 + len(r) for p, c, r in pairs)
+    n = len(pairs)
+    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segments = torch.full((n, width), SharedPromptRows.PAD, dtype=torch.long)
+    for i, (p, c, r) in enumerate(pairs):
+        pieces = [
+            (p[:-1], range(len(p) - 1), SharedPromptRows.PROMPT),
+            (p[-1:], [len(p) - 1], SharedPromptRows.PROMPT_END),
+            (c, range(len(p), len(p) + len(c)), SharedPromptRows.CHOSEN),
+            (p[-1:] + r, range(len(p) - 1, len(p) + len(r)), SharedPromptRows.REJECTED),
+        ]
+        lo = 0
+        for ids, positions, segment in pieces:
+            hi = lo + len(ids)
+            input_ids[i, lo:hi] = torch.tensor(ids, dtype=torch.long)
+            position_ids[i, lo:hi] = torch.tensor(list(positions), dtype=torch.long)
+            segments[i, lo:hi] = segment
+            lo = hi
+    return SharedPromptRows(input_ids, position_ids, segments)

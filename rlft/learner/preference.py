@@ -2,7 +2,9 @@
 
 Sequences are scored by the sum of their completion tokens' log-probabilities at temperature 1;
 the loss is a pure function from ``rlft.algorithms.preference_losses``, picked by
-``algorithm.preference_loss``. Checkpoints, weights and the optimizer are the base class's.
+``algorithm.preference_loss``. Checkpoints, weights and the optimizer are the base class's. With
+``learner.share_prompt`` a pair's two sequences share one pass over their prompt
+(:class:`~rlft.learner.batch.SharedPromptRows`).
 """
 
 from __future__ import annotations
@@ -22,21 +24,33 @@ from rlft.algorithms.preference_losses import (
 from rlft.algorithms.registry import get_preference_loss
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import Example, UnpairedExample
-from rlft.learner.batch import Batch, Sample, collate
+from rlft.learner.batch import (
+    Batch,
+    Sample,
+    SharedPromptRows,
+    collate,
+    collate_shared_prompt,
+    plan_micro_batches,
+)
 from rlft.learner.distributed import Shard
 from rlft.learner.learner import Learner
+from rlft.learner.optim import autocast
+from rlft.modeling import causal_lm_logprobs
 
 Logps = list[tuple[float, ...]]
 """Per example: (chosen, rejected) summed log-probs of a pair, (completion,) of an unpaired example."""
+Rows = Batch | SharedPromptRows
+"""A batch of sequences: one per row, or (``learner.share_prompt``) both sequences of a pair per row."""
 
 
 class PreferenceLearner(Learner):
     """One optimizer step per :meth:`preference_step`; ``policy_version`` counts them.
 
-    A pair is two rows of one forward pass (chosen, then rejected), so a micro-batch holds
-    ``learner.per_device_samples_per_micro_batch`` rows rounded down to whole pairs (at least one),
-    or whole pairs up to ``learner.max_tokens_per_micro_batch`` tokens. With LoRA the reference
-    is the policy with its adapters disabled.
+    A pair is two sequences of one forward pass (chosen, then rejected): two rows, or with
+    ``learner.share_prompt`` one row holding the prompt once. A micro-batch holds
+    ``learner.per_device_samples_per_micro_batch`` sequences rounded down to whole pairs (at least
+    one), or whole pairs up to ``learner.max_tokens_per_micro_batch`` tokens. With LoRA the
+    reference is the policy with its adapters disabled.
     """
 
     def __init__(
@@ -51,6 +65,11 @@ class PreferenceLearner(Learner):
         super().__init__(model_cfg, learner_cfg, algorithm_cfg, SamplingConfig(), seed, num_threads)
         self.loss_fn = get_preference_loss(algorithm_cfg.preference_loss)
         self.unpaired = algorithm_cfg.preference_loss in UNPAIRED_PREFERENCE_LOSSES
+        self.share_prompt = learner_cfg.share_prompt and not self.unpaired
+        if self.share_prompt:
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    _check_custom_mask_support(model)
 
     def needs_reference(self) -> bool:
         return self.algo.preference_loss not in REFERENCE_FREE_PREFERENCE_LOSSES
@@ -79,27 +98,30 @@ class PreferenceLearner(Learner):
         if self.needs_reference():
             ref = self._sequence_logps(rows, reference=True) if ref_logps is None else torch.tensor(ref_logps)
             ref = ref.flatten().to(self.device)
-        per_example = len(rows) // len(batch)
-        # Which rows are chosen: every other one for pairs, the desirable ones for KTO.
+        per_example = 1 if self.unpaired else 2  # sequences
+        per_row = 2 if self.share_prompt else 1
+        sequences = len(batch) * per_example
+        # Which sequences are chosen: every other one for pairs, the desirable ones for KTO.
         chosen = (
             torch.tensor([e.desirable for e in batch], device=self.device)
             if self.unpaired
-            else torch.arange(len(rows), device=self.device) % 2 == 0
+            else torch.arange(sequences, device=self.device) % 2 == 0
         )
         kl = self._kto_kl(batch, previous) if self.unpaired else None
 
         self.optimizer.zero_grad(set_to_none=True)
         metrics: dict[str, float] = {"loss": 0.0}
-        logps = torch.zeros(len(rows), device=self.device)
-        rewards = torch.zeros(len(rows), device=self.device)
-        plan = self._micro_batches(rows, unit=per_example)
+        logps = torch.zeros(sequences, device=self.device)
+        rewards = torch.zeros(sequences, device=self.device)
+        plan = self._micro_batches(rows, unit=per_example // per_row)
         for part in plan:
-            mb_ref = None if ref is None else ref[part]
-            losses, mb_logps, mb_rewards = self._losses(rows.select(part), mb_ref, chosen[part], kl)
+            seq = _sequence_index(part, per_row)
+            mb_ref = None if ref is None else ref[seq]
+            losses, mb_logps, mb_rewards = self._losses(rows.select(part), mb_ref, chosen[seq], kl)
             loss = losses.sum() / total  # the batch mean, accumulated over micro-batches (and ranks)
             loss.backward()
             metrics["loss"] += loss.item()
-            logps[part], rewards[part] = mb_logps.detach().float(), mb_rewards.detach().float()
+            logps[seq], rewards[seq] = mb_logps.detach().float(), mb_rewards.detach().float()
 
         own_rewards = rewards
         if self.dp is not None:  # sum the loss and gradients; metrics over the whole batch
@@ -123,15 +145,15 @@ class PreferenceLearner(Learner):
         return metrics, [tuple(r) for r in own_rewards.view(len(batch), -1).tolist()]
 
     def _losses(
-        self, mb: Batch, ref: torch.Tensor | None, chosen: torch.Tensor, kl: torch.Tensor | None
+        self, mb: Rows, ref: torch.Tensor | None, chosen: torch.Tensor, kl: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-example losses of a micro-batch, and the per-row policy log-probs and rewards
-        (``chosen``: the rows' desirable labels for KTO)."""
-        logps = (self._logprobs_of(self.model)(mb) * mb.completion_mask).sum(-1)
+        """Per-example losses of a micro-batch, and the per-sequence policy log-probs and rewards
+        (``chosen``: the sequences' desirable labels for KTO)."""
+        logps = _per_sequence(mb, self._logprobs_of(self.model)(mb))
         if self.unpaired:
             losses, info = self.loss_fn(KTOInput(logps, ref, chosen, kl), self.algo)
             return losses, logps, info["rewards"]
-        lengths = mb.completion_mask.sum(-1)
+        lengths = _per_sequence(mb, torch.ones(mb.input_ids.shape, device=self.device))
         data = PreferenceInput(logps[0::2], logps[1::2], lengths[0::2], lengths[1::2])
         if ref is not None:
             data.ref_chosen_logps, data.ref_rejected_logps = ref[0::2], ref[1::2]
@@ -139,9 +161,13 @@ class PreferenceLearner(Learner):
         rewards = torch.stack([info["rewards/chosen"], info["rewards/rejected"]], -1).flatten()
         return losses, logps, rewards
 
-    def _collate(self, batch: list[Example]) -> Batch:
-        """One row per completion: chosen, rejected, chosen, ... for pairs. Only the token columns
-        of :func:`collate`'s batch are used (its RL fields are left at zero)."""
+    def _collate(self, batch: list[Example]) -> Rows:
+        """One row per completion: chosen, rejected, chosen, ... for pairs (only the token columns
+        of :func:`collate`'s batch are used; its RL fields are left at zero), or with
+        ``learner.share_prompt`` one row per pair."""
+        if self.share_prompt:
+            pairs = [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in batch]
+            return collate_shared_prompt(pairs, self.pad_token_id).to(self.device)
         if self.unpaired:
             seqs = [(e.prompt_ids, e.completion_ids) for e in batch]
         else:
@@ -149,14 +175,45 @@ class PreferenceLearner(Learner):
         samples = [Sample(p, c, [0.0] * len(c), 0.0, 0, self.policy_version) for p, c in seqs]
         return collate(samples, self.pad_token_id).to(self.device)
 
-    def _sequence_logps(self, rows: Batch, reference: bool = False) -> torch.Tensor:
-        """[N] summed completion log-probs of each row under the policy or the ``reference``,
+    def _sequence_logps(self, rows: Rows, reference: bool = False) -> torch.Tensor:
+        """Summed completion log-probs of each sequence under the policy or the ``reference``,
         without gradient."""
         if reference:
             logprobs = self._reference_logprobs(rows)
         else:
             logprobs = self._no_grad_forward(self._logprobs_of(self.model), rows)
-        return (logprobs * rows.completion_mask).sum(-1)
+        return _per_sequence(rows, logprobs)
+
+    def _logprobs(
+        self, model: torch.nn.Module, mb: Rows, entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[n, L] per-token log-probs (see :meth:`Learner._logprobs`), of shared-prompt rows too."""
+        if not isinstance(mb, SharedPromptRows):
+            return super()._logprobs(model, mb, entropy)
+        _check_sliding_window(model, mb.input_ids.shape[1])
+        bias_dtype = torch.bool if _attention_kind(model) == "sdpa" else torch.float32
+        with autocast(self.cfg, self.device):
+            return causal_lm_logprobs(
+                model,
+                mb.input_ids,
+                mb.score_mask,
+                attention_mask=mb.attention_bias(bias_dtype),
+                position_ids=mb.position_ids,
+                temperature=self.sampling.temperature,
+                chunk_tokens=self.cfg.logprob_chunk_tokens,
+                entropy=entropy,
+                compiled=self.cfg.compile,
+            )
+
+    def _micro_batches(self, batch: Rows, unit: int = 1) -> list[torch.Tensor]:
+        """Row indices of each micro-batch; a shared-prompt row counts as its pair's two sequences."""
+        if not isinstance(batch, SharedPromptRows):
+            return super()._micro_batches(batch, unit)
+        c = self.cfg
+        lengths = batch.attention_mask.sum(-1).tolist()
+        pairs = max(1, c.per_device_samples_per_micro_batch // 2)
+        plan = plan_micro_batches(lengths, pairs, c.max_tokens_per_micro_batch, unit=unit)
+        return [torch.tensor(rows, device=self.device) for rows in plan]
 
     def _kto_kl(self, batch: list[UnpairedExample], previous: list[list[int]] | None = None) -> torch.Tensor:
         """KTO's reference point z0 (Ethayarajh et al. 2024, arXiv 2402.01306, section 4), estimated
@@ -194,3 +251,44 @@ class PreferenceLearner(Learner):
             return metrics
         info = {"rewards/chosen": rewards[chosen], "rewards/rejected": rewards[~chosen]}
         return {**metrics, **preference_metrics(info)}
+
+
+def _per_sequence(rows: Rows, per_token: torch.Tensor) -> torch.Tensor:
+    """Sums of ``per_token`` [N, L] over each sequence's completion tokens, in sequence order."""
+    if isinstance(rows, SharedPromptRows):
+        return rows.per_sequence(per_token)
+    return (per_token * rows.completion_mask).sum(-1)
+
+
+def _sequence_index(rows: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Indices of the sequences held by ``rows`` (``per_row`` consecutive sequences per row)."""
+    return (rows[:, None] * per_row + torch.arange(per_row, device=rows.device)).flatten()
+
+
+def _attention_kind(model: torch.nn.Module) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config._attn_implementation
+
+
+def _check_custom_mask_support(model: torch.nn.Module) -> None:
+    """learner.share_prompt passes its own [N, 1, L, L] attention mask, which only transformers'
+    sdpa and eager attention take as given."""
+    kind = _attention_kind(model)
+    if kind not in ("sdpa", "eager"):
+        raise ValueError(
+            f"learner.share_prompt needs sdpa or eager attention (it builds its own attention "
+            f"mask); this model uses {kind!r}: set learner.share_prompt=false"
+        )
+
+
+def _check_sliding_window(model: torch.nn.Module, width: int) -> None:
+    """The shared-prompt mask is not windowed: refuse rows longer than a sliding window."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    window = getattr(config, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(config, "layer_types", None) or [])
+    if window and sliding and width > window:
+        raise ValueError(
+            f"learner.share_prompt: a {width}-token row is longer than the model's sliding window "
+            f"({window}), which its own attention mask does not apply: set learner.share_prompt=false"
+        )
