@@ -14,6 +14,7 @@ under ``torch.profiler``, printing the ops by self CPU time and by self device t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import tempfile
@@ -80,6 +81,19 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--completion-len", type=int, default=256)
     parser.add_argument("--micro", type=int, default=16)
+    parser.add_argument(
+        "--prompt-jitter",
+        type=int,
+        default=0,
+        help="prompts of prompt-len - jitter .. prompt-len tokens (uneven rows are padded, as the "
+        "GRPO loop's are; 0: every row the same length, no padding)",
+    )
+    parser.add_argument(
+        "--learner-option",
+        action="append",
+        default=[],
+        help="LearnerConfig field, KEY=JSON (e.g. compile=true, packing=true)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
         "--with-rollout",
@@ -98,7 +112,11 @@ def main() -> None:
         model_cfg, vocab = ModelConfig(path=str(path), tokenizer_path=str(tiny), dtype="bfloat16"), 32000
     learner = Learner(
         model_cfg,
-        LearnerConfig(per_device_samples_per_micro_batch=args.micro, lr=1e-6),
+        LearnerConfig(
+            per_device_samples_per_micro_batch=args.micro,
+            lr=1e-6,
+            **{k: json.loads(v) for k, v in (o.split("=", 1) for o in args.learner_option)},
+        ),
         AlgorithmConfig(beta=0.0),
         SamplingConfig(max_new_tokens=args.completion_len),
         seed=0,
@@ -106,7 +124,7 @@ def main() -> None:
     rng = random.Random(0)
     samples = [
         Sample(
-            [rng.randrange(vocab) for _ in range(args.prompt_len)],
+            [rng.randrange(vocab) for _ in range(args.prompt_len - rng.randint(0, args.prompt_jitter))],
             [rng.randrange(vocab) for _ in range(args.completion_len)],
             [-1.0] * args.completion_len,
             rng.random(),

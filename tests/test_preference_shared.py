@@ -48,15 +48,31 @@ def test_layout_by_hand() -> None:
     assert rows.select(torch.tensor([1])).input_ids.tolist() == [[1, 2, 1, 3, 4, 5]]
 
 
+def test_segment_index_by_hand() -> None:
+    """The same pairs as two attention segments each (flat index = row * 7 + column): prompt +
+    chosen over itself; copy + rejected over the prompt without its last token, then itself."""
+    rows = collate_shared_prompt([([5, 6, 7], [8, 9], [10]), ([1], [2], [3, 4, 5])], pad_token_id=0)
+    index = rows.segment_index()
+    assert index["q_index"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert index["k_index"].tolist() == [0, 1, 2, 3, 4, 0, 1, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert index["cu_q"].tolist() == [0, 5, 7, 9, 13]
+    assert index["cu_k"].tolist() == [0, 5, 9, 11, 15]
+    assert (index["max_q"], index["max_k"]) == (5, 5)
+
+
 def test_empty_prompt_is_refused() -> None:
     with pytest.raises(ValueError, match=r"learner\.share_prompt=false"):
         collate_shared_prompt([([], [1], [2])], pad_token_id=0)
 
 
-def _learner(tiny_model_dir: Path, share: bool, micro: int = 16) -> PreferenceLearner:
+def _learner(
+    tiny_model_dir: Path, share: bool, micro: int = 16, attention: str = "auto", dtype: str = "float32"
+) -> PreferenceLearner:
     return PreferenceLearner(
-        ModelConfig(path=str(tiny_model_dir)),
-        LearnerConfig(lr=1e-2, per_device_samples_per_micro_batch=micro, share_prompt=share),
+        ModelConfig(path=str(tiny_model_dir), dtype=dtype),
+        LearnerConfig(
+            lr=1e-2, per_device_samples_per_micro_batch=micro, share_prompt=share, packed_attention=attention
+        ),
         AlgorithmConfig(kind="preference", preference_loss="sigmoid", beta=0.1),
         seed=0,
     )
@@ -74,12 +90,16 @@ def _pairs(n: int = 6, seed: int = 0) -> list[PreferencePair]:
     return pairs
 
 
-def test_shared_prompt_gives_the_two_row_logps_and_update(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("attention", ["mask", "varlen"])
+def test_shared_prompt_gives_the_two_row_logps_and_update(tiny_model_dir: Path, attention: str) -> None:
     """Per sequence the policy and reference log-probs equal the two-row ones; one DPO step (the
     policy first moved off the reference) gives the same loss, rewards and, with SGD at lr 1, the
-    same gradient; 1 vs 3 micro-batches too."""
-    shared, rows, shared3 = _learner(tiny_model_dir, True), _learner(tiny_model_dir, False), None
-    shared3 = _learner(tiny_model_dir, True, micro=4)  # 2 pairs per micro-batch
+    same gradient; 1 vs 3 micro-batches too. ``mask``: the model's sdpa with the [L, L] mask;
+    ``varlen``: two attention segments per pair (on the CPU one sdpa per segment)."""
+    shared = _learner(tiny_model_dir, True, attention=attention)
+    shared3 = _learner(tiny_model_dir, True, micro=4, attention=attention)  # 2 pairs per micro-batch
+    rows = _learner(tiny_model_dir, False)
+    assert shared.segment_attention == (attention == "varlen")
     pairs = _pairs()
     assert isinstance(shared._collate(pairs), SharedPromptRows)
     for reference in (False, True):
@@ -131,3 +151,23 @@ def test_packing_with_shared_prompts_is_a_config_error(tiny_model_dir: Path) -> 
         load_config(args)
     load_config([*args, "learner.share_prompt=false"])
     load_config(["recipe=quickstart", f"model.path={tiny_model_dir}", "learner.packing=true"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash varlen kernel needs a GPU")
+def test_flash_segment_attention_on_a_gpu(tiny_model_dir: Path) -> None:
+    """bf16 on a GPU: the flash kernel's bottom-right causal segments give the mask path's
+    log-probs and the two-row ones (to bf16 precision), and a DPO step the same loss."""
+    learners = [
+        _learner(tiny_model_dir, True, attention="auto", dtype="bfloat16"),
+        _learner(tiny_model_dir, True, attention="mask", dtype="bfloat16"),
+        _learner(tiny_model_dir, False, dtype="bfloat16"),
+    ]
+    assert learners[0].segment_attention and not learners[1].segment_attention
+    pairs = _pairs(n=8, seed=2)
+    logps = [x._sequence_logps(x._collate(pairs)) for x in learners]
+    lengths = [len(c) for p in pairs for c in (p.chosen_ids, p.rejected_ids)]
+    tokens = torch.tensor(lengths, device=logps[0].device)
+    for other in logps[1:]:
+        assert ((logps[0] - other).abs() / tokens).max() < 2e-2, (logps[0] - other).abs().max()
+    losses = [x.preference_step(pairs)[0]["loss"] for x in learners]
+    assert losses[0] == pytest.approx(losses[1], abs=2e-3) and losses[0] == pytest.approx(losses[2], abs=2e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -243,6 +244,36 @@ class SharedPromptRows:
             return allowed[:, None]
         bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
         return bias.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def segment_index(self) -> dict[str, Any]:
+        """The rows as two attention segments per pair, for a variable-length attention kernel
+        (``rlft.modeling._shared_prompt_attention``): flat token indices (row * L + column) of the
+        queries and keys of each segment, one after another, their boundaries ``cu_q``/``cu_k``
+        and longest lengths. Segment 1 is prompt + chosen over itself; segment 2 is the copy and the
+        rejected completion, over the prompt without its last token and then itself."""
+        width = self.segments.shape[1]
+        counts = [(self.segments == s).sum(-1).tolist() for s in (self.PROMPT, self.CHOSEN, self.REJECTED)]
+        queries, keys, q_lengths, k_lengths = [], [], [], []
+        for i, (before_end, c, r) in enumerate(zip(*counts, strict=True)):
+            first = torch.arange(before_end + 1 + c) + i * width  # prompt and chosen
+            second = torch.arange(r) + i * width + len(first)  # copy and rejected
+            queries += [first, second]
+            keys += [first, first[:before_end], second]
+            q_lengths += [len(first), r]
+            k_lengths += [len(first), before_end + r]
+        device = self.segments.device
+
+        def bounds(lengths: list[int]) -> torch.Tensor:
+            return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+
+        return {
+            "q_index": torch.cat(queries).to(device),
+            "k_index": torch.cat(keys).to(device),
+            "cu_q": bounds(q_lengths),
+            "cu_k": bounds(k_lengths),
+            "max_q": max(q_lengths),
+            "max_k": max(k_lengths),
+        }
 
     def per_sequence(self, values: torch.Tensor) -> torch.Tensor:
         """[2N] sums of per-token ``values`` [N, L] over each completion: chosen, rejected, chosen, ..."""

@@ -34,7 +34,6 @@ from rlft.learner.batch import Batch, Sample, collate, pack, plan_micro_batches
 from rlft.learner.distributed import DataParallel, RendezvousSpec, Shard, open_rendezvous
 from rlft.learner.optim import autocast, build_optimizer, build_scheduler
 from rlft.modeling import (
-    PACKED_ATTENTION,
     causal_lm_logprobs,
     compile_decoder_layers,
     default_device,
@@ -45,7 +44,7 @@ from rlft.modeling import (
     load_value_model,
     token_values,
     use_varlen_attention,
-    varlen_kernel_available,
+    wants_varlen_attention,
 )
 from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
 from rlft.weights.buckets import sync_tensors
@@ -81,7 +80,7 @@ class Learner:
         self.ref_model = None
         if self.needs_reference() and not self.lora:
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
-        if learner_cfg.packing and _varlen(learner_cfg.packed_attention, self.device):
+        if learner_cfg.packing and wants_varlen_attention(learner_cfg.packed_attention, self.device):
             for model in (self.model, self.ref_model):
                 if model is not None:
                     use_varlen_attention(model)
@@ -515,14 +514,6 @@ def _read_weights(model: torch.nn.Module, directory: Path) -> dict[str, torch.Te
     if unexpected:
         raise RuntimeError(f"checkpoint {directory} does not match the model: unexpected {unexpected}")
     return weights
-
-
-def _varlen(packed_attention: str, device: torch.device) -> bool:
-    """Whether packed rows use the varlen attention (``learner.packed_attention``)."""
-    if packed_attention not in PACKED_ATTENTION:
-        raise ValueError(f"learner.packed_attention={packed_attention!r} is not one of {PACKED_ATTENTION}")
-    auto = device.type == "cuda" and varlen_kernel_available()
-    return packed_attention == "varlen" or (packed_attention == "auto" and auto)
 
 
 def _load_weights(model: torch.nn.Module, directory: Path) -> None:

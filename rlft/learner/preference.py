@@ -35,7 +35,7 @@ from rlft.learner.batch import (
 from rlft.learner.distributed import Shard
 from rlft.learner.learner import Learner
 from rlft.learner.optim import autocast
-from rlft.modeling import causal_lm_logprobs
+from rlft.modeling import causal_lm_logprobs, use_shared_prompt_attention, wants_varlen_attention
 
 Logps = list[tuple[float, ...]]
 """Per example: (chosen, rejected) summed log-probs of a pair, (completion,) of an unpaired example."""
@@ -66,10 +66,17 @@ class PreferenceLearner(Learner):
         self.loss_fn = get_preference_loss(algorithm_cfg.preference_loss)
         self.unpaired = algorithm_cfg.preference_loss in UNPAIRED_PREFERENCE_LOSSES
         self.share_prompt = learner_cfg.share_prompt and not self.unpaired
-        if self.share_prompt:
-            for model in (self.model, self.ref_model):
-                if model is not None:
-                    _check_custom_mask_support(model)
+        # Shared-prompt rows: a variable-length flash kernel over each pair's two segments
+        # (learner.packed_attention, as for packed rows), or the model's attention with a mask.
+        varlen = wants_varlen_attention(learner_cfg.packed_attention, self.device)
+        self.segment_attention = self.share_prompt and varlen
+        for model in (self.model, self.ref_model) if self.share_prompt else ():
+            if model is None:
+                continue
+            if self.segment_attention:
+                use_shared_prompt_attention(model)
+            else:
+                _check_custom_mask_support(model)
 
     def needs_reference(self) -> bool:
         return self.algo.preference_loss not in REFERENCE_FREE_PREFERENCE_LOSSES
@@ -191,14 +198,18 @@ class PreferenceLearner(Learner):
         if not isinstance(mb, SharedPromptRows):
             return super()._logprobs(model, mb, entropy)
         _check_sliding_window(model, mb.input_ids.shape[1])
-        bias_dtype = torch.bool if _attention_kind(model) == "sdpa" else torch.float32
+        if self.segment_attention:
+            attention = {"shared_prompt": mb.segment_index()}
+        else:
+            bias_dtype = torch.bool if _attention_kind(model) == "sdpa" else torch.float32
+            attention = {"attention_mask": mb.attention_bias(bias_dtype)}
         with autocast(self.cfg, self.device):
             return causal_lm_logprobs(
                 model,
                 mb.input_ids,
                 mb.score_mask,
-                attention_mask=mb.attention_bias(bias_dtype),
                 position_ids=mb.position_ids,
+                **attention,
                 temperature=self.sampling.temperature,
                 chunk_tokens=self.cfg.logprob_chunk_tokens,
                 entropy=entropy,
