@@ -127,7 +127,7 @@ def test_shared_prompt_gives_the_two_row_logps_and_update(tiny_model_dir: Path, 
 
 
 def test_eager_attention_takes_the_additive_mask(tiny_model_dir: Path) -> None:
-    shared, rows = _learner(tiny_model_dir, True), _learner(tiny_model_dir, False)
+    shared, rows = _learner(tiny_model_dir, True, attention="mask"), _learner(tiny_model_dir, False)
     for learner in (shared, rows):
         learner.model.set_attn_implementation("eager")
         learner.ref_model.set_attn_implementation("eager")
@@ -167,7 +167,10 @@ def test_flash_segment_attention_on_a_gpu(tiny_model_dir: Path) -> None:
     logps = [x._sequence_logps(x._collate(pairs)) for x in learners]
     lengths = [len(c) for p in pairs for c in (p.chosen_ids, p.rejected_ids)]
     tokens = torch.tensor(lengths, device=logps[0].device)
+    # A top-left aligned (wrong) rejected segment is off by up to 0.07 per token on the CPU.
     for other in logps[1:]:
-        assert ((logps[0] - other).abs() / tokens).max() < 2e-2, (logps[0] - other).abs().max()
+        error = ((logps[0] - other).abs() / tokens).max().item()
+        print(f"flash segments vs {'mask' if other is logps[1] else 'two rows'}: {error:.2e} per token")
+        assert error < 2e-2
     losses = [x.preference_step(pairs)[0]["loss"] for x in learners]
     assert losses[0] == pytest.approx(losses[1], abs=2e-3) and losses[0] == pytest.approx(losses[2], abs=2e-3)
