@@ -260,10 +260,11 @@ class LearnerConfig:
     """Sequence packing: a micro-batch's samples are concatenated into one row without padding,
     position ids restart per sample and attention does not cross samples."""
     packed_attention: str = "auto"
-    """Attention over packed rows: varlen (torch's variable-length flash kernel on a GPU in
-    bf16/fp16; one attention per sample elsewhere) | mask (the model's own attention with a
-    block-diagonal mask from the position ids: attends over the whole row) | auto (varlen on a
-    GPU with torch.nn.attention.varlen, else mask)."""
+    """Attention over rows that hold several sequences (packed rows; shared-prompt preference
+    pairs): varlen (torch's variable-length flash kernel on a GPU in bf16/fp16; one attention per
+    sequence elsewhere) | mask (the model's own attention with a mask: block-diagonal from the
+    position ids for packed rows, [L, L] for shared prompts; attends over the whole row) | auto
+    (varlen on a GPU with torch.nn.attention.varlen, else mask)."""
     logprob_chunk_tokens: int = 4096
     """Tokens per pass through the LM head when computing log-probabilities from the final hidden
     states: the [tokens, vocab] logits never exist at once. 0 = the model's full logits in one
@@ -273,9 +274,10 @@ class LearnerConfig:
     compute)."""
     share_prompt: bool = True
     """Preference pairs (DPO family): one row per pair, its prompt computed once for both
-    completions (prefix sharing with an attention mask that keeps the two apart; the same
-    log-probabilities as two rows, fewer tokens). Needs sdpa or eager attention; not with
-    learner.packing (set false to pack pairs as two rows). No effect on unpaired (KTO) or RL data."""
+    completions (prefix sharing; attention keeps the two completions apart, see
+    learner.packed_attention; the same log-probabilities as two rows, fewer tokens). The mask path
+    needs sdpa or eager attention. Not with learner.packing (set false to pack pairs as two rows).
+    No effect on unpaired (KTO) or RL data."""
     compile: bool = False
     """``torch.compile`` each decoder layer (one compiled graph serves every layer) and the chunked
     LM-head log-prob arithmetic: fused elementwise kernels (norms, rotary, activations, the
