@@ -66,3 +66,34 @@ def test_colocated_run_with_a_reward_model_fails_fast_on_two_cpus(
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "reserve 3 CPUs but Ray has 2" in proc.stderr
     assert "reward.model.num_cpus" in proc.stderr
+
+
+def test_preference_run_reserves_the_learners_only() -> None:
+    """No rollout workers, no reward model and no placement group in a preference run."""
+    cfg = _cfg(colocate=True, reward_model=True, workers=2)
+    cfg.algorithm.kind = "preference"
+    assert resource_demand(cfg) == {
+        "learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": (3.0, 2.0)
+    }
+
+
+def test_preference_run_that_asks_too_much_fails_fast(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A DPO learner that reserves 2 CPUs of a 1-CPU Ray ends before it starts, naming the key."""
+    overrides = ("cluster.num_cpus=1", "learner.num_cpus_per_worker=2")
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlft",
+        "train",
+        "recipe=dpo_quickstart",
+        f"model.path={tiny_model_dir}",
+        f"trainer.output_dir={tmp_path / 'run'}",
+        "tracking.wandb.enabled=false",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "reserve 2 CPUs but Ray has 1" in proc.stderr
+    assert "learner.num_cpus_per_worker" in proc.stderr
+    assert "rollout" not in proc.stderr.split("reserve 2 CPUs", 1)[1]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

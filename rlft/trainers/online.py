@@ -203,8 +203,12 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list
 def resource_demand(cfg: RLFTConfig) -> dict[str, tuple[float, float]]:
     """What the run's actors reserve on Ray: (CPUs, GPUs) for each part, keyed by the config keys
     that set them. With ``cluster.colocate`` the placement group holds the learners and rollout
-    workers (their CPUs summed, the learners' GPUs); the reward-model actor is outside it."""
+    workers (their CPUs summed, the learners' GPUs); the reward-model actor is outside it. A
+    preference run (``algorithm.kind=preference``) starts the learners only."""
     lc, rc, rm = cfg.learner, cfg.rollout, cfg.reward.model
+    learners = (lc.num_workers * lc.num_cpus_per_worker, lc.num_workers * lc.num_gpus_per_worker)
+    if cfg.algorithm.kind == "preference":
+        return {"learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": learners}
     if cfg.cluster.colocate:
         demand = {
             "the placement group of cluster.colocate=true (learner.num_cpus_per_worker + "
@@ -215,10 +219,7 @@ def resource_demand(cfg: RLFTConfig) -> dict[str, tuple[float, float]]:
         }
     else:
         demand = {
-            "learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": (
-                lc.num_workers * lc.num_cpus_per_worker,
-                lc.num_workers * lc.num_gpus_per_worker,
-            ),
+            "learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": learners,
             "rollout workers (rollout.num_cpus_per_worker, rollout.num_gpus_per_worker)": (
                 rc.num_workers * rc.num_cpus_per_worker,
                 rc.num_workers * rc.num_gpus_per_worker,

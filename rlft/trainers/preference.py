@@ -29,7 +29,7 @@ from rlft.learner.preference import Logps, PreferenceLearner
 from rlft.modeling import load_tokenizer
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
-from rlft.trainers.online import SetupError
+from rlft.trainers.online import SetupError, check_resources, resource_demand
 
 
 def train(cfg: RLFTConfig) -> Path:
@@ -43,6 +43,8 @@ def train(cfg: RLFTConfig) -> Path:
     )
 
     with Cluster(cfg.cluster) as cluster:
+        if (total := cluster.total_resources()) is not None:
+            check_resources(resource_demand(cfg), total)
         lc = cfg.learner
         learner = LearnerGroup(
             cluster,
