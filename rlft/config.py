@@ -9,7 +9,7 @@ keys are :func:`rlft.validation.validate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -447,7 +447,7 @@ class TrackingConfig:
     """Completions per step written to samples.jsonl (0 = none)."""
 
 
-@dataclass
+@dataclass(init=False)  # __init__ is written out below (the `async` field)
 class TrainerConfig:
     max_steps: int = 100
     """Number of RL steps (one rollout + one policy update each)."""
@@ -463,8 +463,9 @@ class TrainerConfig:
     """How many recent checkpoints to keep; 0 = keep all."""
     # `async` is a Python keyword, so its field is declared through the class namespace; the
     # YAML/CLI key is `trainer.async` (DESIGN's contract) and code reads `cfg.trainer.asynchronous`.
-    # init/repr/compare off: dataclasses would write the keyword into generated code.
-    vars()["async"] = field(default=False, init=False, repr=False, compare=False)
+    # repr/compare off and __init__ written out: dataclasses would write the keyword into
+    # generated code. It is an init field, so dataclasses.replace() keeps it.
+    vars()["async"] = field(default=False, repr=False, compare=False)
     __annotations__["async"] = "bool"
     """trainer.async: overlap the generation of the next steps' rollouts with the learner's update
     (one-step-off and deeper pipelining; samples are up to ``max_staleness`` policy versions old).
@@ -476,6 +477,14 @@ class TrainerConfig:
     max_restarts: int = 3
     """If a Ray actor (rollout worker, learner, reward model) dies, kill the others, start them
     afresh and continue from the newest checkpoint (or the start), at most this many times."""
+
+    def __init__(self, **values: Any) -> None:
+        """Fields by keyword, ``async`` too (``TrainerConfig(**{"async": True})``); the others keep
+        their defaults (every field has a plain default)."""
+        for f in fields(self):
+            setattr(self, f.name, values.pop(f.name, f.default))
+        if values:
+            raise TypeError(f"TrainerConfig has no fields {sorted(values)}")
 
     @property
     def asynchronous(self) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from rlft.cli import ConfigError, load_config, main
+from rlft.cli import ConfigError, load_config, load_run_config, main
 
 RECIPES = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
@@ -67,6 +69,7 @@ def test_recipe_values_override_defaults_and_cli_overrides_recipe() -> None:
         ("algorithm.advantage=grpoo", "algorithm.advantage"),
         ("model.dtype=float64", "model.dtype"),
         ("rollout.engine=vlm", "rollout.engine"),
+        ("trainer.async=maybe", "trainer.async"),
     ],
 )
 def test_bad_config_fails_naming_the_key(override: str, named: str) -> None:
@@ -82,3 +85,19 @@ def test_cli_exits_2_on_bad_key_before_starting_anything(capsys: pytest.CaptureF
 def test_print_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "recipe=quickstart", "trainer.seed=3", "--print-config"]) == 0
     assert "seed: 3" in capsys.readouterr().out
+
+
+def test_trainer_async_key_and_replace_keeps_it(tmp_path: Path) -> None:
+    """``async`` is a Python keyword, yet the key is ``trainer.async`` on the command line and in a
+    run's config.yaml, and dataclasses.replace() keeps it like any other field."""
+    assert not load_config([]).trainer.asynchronous
+    cfg = load_config(["trainer.async=true"])
+    assert cfg.trainer.asynchronous
+    kept = replace(cfg.trainer, max_steps=3)
+    assert (kept.asynchronous, kept.max_steps, kept.seed) == (True, 3, cfg.trainer.seed)
+    assert not replace(cfg.trainer, **{"async": False}).asynchronous
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    assert "  async: true\n" in saved.read_text()
+    assert load_run_config(saved, []).trainer.asynchronous
+    assert not load_run_config(saved, ["trainer.async=false"]).trainer.asynchronous
