@@ -42,6 +42,11 @@ def validate(cfg: RLFTConfig) -> None:
             f"algorithm.beta must be > 0 for algorithm.preference_loss={cfg.algorithm.preference_loss} "
             "(it is the preference temperature)",
         ),
+        (
+            online or not (cfg.cluster.colocate or cfg.reward.model.path),
+            "algorithm.kind=preference trains on fixed preference data with no rollout workers or "
+            "reward model: unset cluster.colocate and reward.model.path",
+        ),
         (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
         (
             cfg.data.on_too_long in ("filter", "error"),

@@ -101,3 +101,10 @@ def test_trainer_async_key_and_replace_keeps_it(tmp_path: Path) -> None:
     assert "  async: true\n" in saved.read_text()
     assert load_run_config(saved, []).trainer.asynchronous
     assert not load_run_config(saved, ["trainer.async=false"]).trainer.asynchronous
+
+
+@pytest.mark.parametrize("override", ["cluster.colocate=true", "reward.model.path=/some/rm"])
+def test_preference_run_rejects_online_only_keys(override: str) -> None:
+    """A preference run starts no rollout workers or reward model: their keys are errors, not ignored."""
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(["recipe=dpo_quickstart", override])
