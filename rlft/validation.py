@@ -219,9 +219,10 @@ def _paired_preference(cfg: RLFTConfig) -> bool:
 def _check_names(cfg: RLFTConfig) -> None:
     """Every component named in the config exists (each getter raises naming the key and the options)."""
     from rlft import algorithms
+    from rlft.attention import PACKED_ATTENTION
     from rlft.cluster import MODES
     from rlft.learner.optim import LR_SCHEDULERS, MIXED_PRECISION
-    from rlft.modeling import DTYPES, PACKED_ATTENTION, QUANTIZATIONS
+    from rlft.modeling import DTYPES, QUANTIZATIONS
     from rlft.rollout.worker import ENGINES
     from rlft.weights import TRANSPORTS
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlft.attention import use_varlen_attention
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import PreferencePair
 from rlft.learner.batch import Sample, collate, pack, plan_micro_batches
 from rlft.learner.learner import Learner
 from rlft.learner.preference import PreferenceLearner
-from rlft.modeling import causal_lm_logprobs, load_model, use_varlen_attention
+from rlft.modeling import causal_lm_logprobs, load_model
 
 
 def _samples(n: int = 12, seed: int = 0) -> list[Sample]:

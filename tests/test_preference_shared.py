@@ -159,7 +159,7 @@ def test_flash_segments_are_bottom_right_causal_on_a_gpu() -> None:
     """The flash varlen kernel (CUDA, bf16) attends as the CPU path's explicit masks do when a
     segment has fewer queries than keys (the rejected side: query j sees lk - lq + j + 1 keys),
     on random grouped-query inputs; top-left alignment would be off by O(1)."""
-    from rlft.modeling import _segment_attention
+    from rlft.attention import _segment_attention
 
     g = torch.Generator().manual_seed(0)
     lq, lk = [5, 3, 7, 1], [5, 9, 7, 4]

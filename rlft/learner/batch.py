@@ -247,7 +247,7 @@ class SharedPromptRows:
 
     def segment_index(self) -> dict[str, Any]:
         """The rows as two attention segments per pair, for a variable-length attention kernel
-        (``rlft.modeling._shared_prompt_attention``): flat token indices (row * L + column) of the
+        (``rlft.attention._shared_prompt_attention``): flat token indices (row * L + column) of the
         queries and keys of each segment, one after another, their boundaries ``cu_q``/``cu_k``
         and longest lengths. Segment 1 is prompt + chosen over itself; segment 2 is the copy and the
         rejected completion, over the prompt without its last token and then itself."""

@@ -32,6 +32,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from rlft.modeling import base_model
 from rlft.weights.buckets import pack, plan_buckets, unpack
 from rlft.weights.group import DEFAULT_TIMEOUT, node_ip, open_store
 
@@ -118,7 +119,7 @@ class DataParallel:
         another. Its parameters become DTensors: build optimizers over them afterwards."""
         from torch.distributed.fsdp import fully_shard
 
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         blocks = set(getattr(base, "_no_split_modules", None) or [])
         for module in list(model.modules())[1:]:
             if type(module).__name__ in blocks:

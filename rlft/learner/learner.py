@@ -29,6 +29,7 @@ from rlft.algorithms import (
     get_policy_loss,
     truncated_is_weights,
 )
+from rlft.attention import use_varlen_attention, wants_varlen_attention
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Batch, Sample, collate, pack, plan_micro_batches
 from rlft.learner.distributed import DataParallel, RendezvousSpec, Shard, open_rendezvous
@@ -43,8 +44,6 @@ from rlft.modeling import (
     load_tokenizer,
     load_value_model,
     token_values,
-    use_varlen_attention,
-    wants_varlen_attention,
 )
 from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
 from rlft.weights.buckets import sync_tensors

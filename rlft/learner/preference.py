@@ -22,6 +22,7 @@ from rlft.algorithms.preference_losses import (
     preference_metrics,
 )
 from rlft.algorithms.registry import get_preference_loss
+from rlft.attention import use_shared_prompt_attention, wants_varlen_attention
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import Example, UnpairedExample
 from rlft.learner.batch import (
@@ -35,7 +36,7 @@ from rlft.learner.batch import (
 from rlft.learner.distributed import Shard
 from rlft.learner.learner import Learner
 from rlft.learner.optim import autocast
-from rlft.modeling import causal_lm_logprobs, use_shared_prompt_attention, wants_varlen_attention
+from rlft.modeling import base_model, causal_lm_logprobs
 
 Logps = list[tuple[float, ...]]
 """Per example: (chosen, rejected) summed log-probs of a pair, (completion,) of an unpaired example."""
@@ -201,7 +202,8 @@ class PreferenceLearner(Learner):
         if self.segment_attention:
             attention = {"shared_prompt": mb.segment_index()}
         else:
-            bias_dtype = torch.bool if _attention_kind(model) == "sdpa" else torch.float32
+            sdpa = base_model(model).config._attn_implementation == "sdpa"
+            bias_dtype = torch.bool if sdpa else torch.float32
             attention = {"attention_mask": mb.attention_bias(bias_dtype)}
         with autocast(self.cfg, self.device):
             return causal_lm_logprobs(
@@ -276,15 +278,10 @@ def _sequence_index(rows: torch.Tensor, per_row: int) -> torch.Tensor:
     return (rows[:, None] * per_row + torch.arange(per_row, device=rows.device)).flatten()
 
 
-def _attention_kind(model: torch.nn.Module) -> str:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config._attn_implementation
-
-
 def _check_custom_mask_support(model: torch.nn.Module) -> None:
     """learner.share_prompt passes its own [N, 1, L, L] attention mask, which only transformers'
     sdpa and eager attention take as given."""
-    kind = _attention_kind(model)
+    kind = base_model(model).config._attn_implementation
     if kind not in ("sdpa", "eager"):
         raise ValueError(
             f"learner.share_prompt needs sdpa or eager attention (it builds its own attention "
@@ -294,8 +291,7 @@ def _check_custom_mask_support(model: torch.nn.Module) -> None:
 
 def _check_sliding_window(model: torch.nn.Module, width: int) -> None:
     """The shared-prompt mask is not windowed: refuse rows longer than a sliding window."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
+    config = base_model(model).config
     window = getattr(config, "sliding_window", None)
     sliding = "sliding_attention" in (getattr(config, "layer_types", None) or [])
     if window and sliding and width > window:

@@ -28,7 +28,7 @@ import torch
 from transformers import GenerationConfig
 
 from rlft.config import HFEngineConfig, ModelConfig, SamplingConfig
-from rlft.modeling import apply_lora, default_device, load_model, load_tokenizer
+from rlft.modeling import apply_lora, base_model, default_device, load_model, load_tokenizer
 from rlft.rollout.engine import Completion, cut_at_stop
 from rlft.weights.buckets import copy_into
 
@@ -242,7 +242,7 @@ class StaticDecoder:
 
     def __init__(self, model: torch.nn.Module, pad: int, eos: int, cuda_graph: bool, compile: bool = False):
         # peft wraps the transformers model; its LoRA layers live inside the inner model.
-        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.model = base_model(model)
         self.pad, self.eos = pad, eos
         self.cuda_graph = cuda_graph
         # Compiled once per (batch, cache length): those are the shapes a decode step can have.
