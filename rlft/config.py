@@ -85,11 +85,12 @@ class AlgorithmConfig:
     """online: the RL step loop (rollout, rewards, policy update). preference: offline training on
     preference data (DPO family, KTO) with the same learner, checkpoints and trackers."""
     advantage: str = "grpo"
-    """Advantage estimator, by registry name (rlft.algorithms.ADVANTAGE_ESTIMATORS)."""
+    """Advantage estimator, by registry name (rlft.algorithms.ADVANTAGE_ESTIMATORS) or as your own
+    function, ``path/to/file.py:fn`` or ``module.sub:fn`` (README, "Write your own loss")."""
     policy_loss: str = "ppo_clip"
-    """Policy loss, by registry name (rlft.algorithms.POLICY_LOSSES)."""
+    """Policy loss, by registry name (rlft.algorithms.POLICY_LOSSES) or ``path/to/file.py:fn``."""
     loss_agg: str = "token_mean"
-    """How per-token losses become one number (rlft.algorithms.LOSS_AGGREGATIONS)."""
+    """How per-token losses become one number (rlft.algorithms.LOSS_AGGREGATIONS), or a path."""
     group_size: int = 8
     """G: completions sampled per prompt; advantages are normalised within each group."""
     norm_adv_by_std: bool = True
@@ -126,8 +127,12 @@ class AlgorithmConfig:
     """DAPO overlong reward shaping: the penalty at max_new_tokens."""
     epochs_per_step: int = 1
     """Passes over each step's samples (mu in the GRPO paper)."""
+    distill_coef: float = 1.0
+    """On-policy distillation (advantage reverse_kl, algorithm=opd): weight of the teacher's
+    per-token signal log pi_teacher - log pi next to the task reward's group advantage."""
     preference_loss: str = "sigmoid"
-    """Offline preference loss, by registry name (rlft.algorithms.PREFERENCE_LOSSES)."""
+    """Offline preference loss, by registry name (rlft.algorithms.PREFERENCE_LOSSES) or
+    ``path/to/file.py:fn``."""
     label_smoothing: float = 0.0
     """cDPO / robust DPO: assumed probability that a preference label is flipped."""
     simpo_gamma: float = 0.5
@@ -401,6 +406,14 @@ class RewardConfig:
 
 
 @dataclass
+class TeacherConfig:
+    path: str | None = None
+    """On-policy distillation (algorithm=opd): a frozen teacher model (hub id or directory; the
+    policy's tokenizer and vocabulary), scored on the student's own samples like the reference
+    model, on every learner. Its per-token log-probs reach the advantage estimator. None = none."""
+
+
+@dataclass
 class WeightsConfig:
     transport: str = "object_store"
     """How new weights reach the rollout workers: object_store (Ray's object store; works
@@ -522,6 +535,7 @@ class RLFTConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from rlft.config import HF_DECODES, RLFTConfig
 
-GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
-"""Advantage estimators whose baseline comes from the other samples of the prompt's group."""
-
 
 def validate(cfg: RLFTConfig) -> None:
     """Checks across keys that a type alone cannot express; raises ValueError naming the key."""
+    from rlft.algorithms.registry import ADVANTAGE_ESTIMATORS, AdvantageTraits
+
     online = cfg.algorithm.kind == "online"
+    # What the advantage estimator needs, as its registry entry declares (an unknown name or a
+    # bad path fails here, naming the key).
+    adv = ADVANTAGE_ESTIMATORS.traits(cfg.algorithm.advantage) if online else AdvantageTraits()
     checks = [
         (cfg.algorithm.kind in ("online", "preference"), "algorithm.kind must be online or preference"),
         (cfg.algorithm.group_size >= 1, "algorithm.group_size must be >= 1"),
         (
-            cfg.algorithm.group_size >= 2 or cfg.algorithm.advantage not in GROUP_BASELINE_ADVANTAGES,
-            f"algorithm.group_size must be >= 2 for algorithm.advantage={cfg.algorithm.advantage} "
-            "(its baseline is the rest of the group)",
+            cfg.algorithm.group_size >= adv.min_group_size,
+            f"algorithm.group_size must be >= {adv.min_group_size} for algorithm.advantage="
+            f"{cfg.algorithm.advantage} (its baseline is the rest of the group)",
         ),
         (
             cfg.algorithm.overlong_buffer_len < cfg.rollout.sampling.max_new_tokens,
@@ -33,7 +35,7 @@ def validate(cfg: RLFTConfig) -> None:
             "algorithm.dynamic_sampling.max_rounds must be >= 1",
         ),
         (
-            not (cfg.algorithm.kl.in_reward and cfg.algorithm.advantage in ("grpo", "dr_grpo")),
+            not cfg.algorithm.kl.in_reward or adv.takes_token_rewards,
             f"algorithm.advantage={cfg.algorithm.advantage} takes the KL as a loss term: "
             "set algorithm.kl.in_reward=false",
         ),
@@ -152,8 +154,18 @@ def validate(cfg: RLFTConfig) -> None:
             "learner.lr_schedule_steps > 0 (the schedule's length in trainer steps)",
         ),
         (
-            bool(cfg.reward.functions or cfg.reward.model.path) or not online,
+            bool(cfg.reward.functions or cfg.reward.model.path) or not online or adv.needs_teacher,
             "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",
+        ),
+        (
+            not adv.needs_teacher or bool(cfg.teacher.path),
+            f"algorithm.advantage={cfg.algorithm.advantage} distills from a teacher: set teacher.path "
+            "to the teacher model (hub id or directory)",
+        ),
+        (
+            not cfg.teacher.path or adv.needs_teacher,
+            f"teacher.path is set but algorithm.advantage={cfg.algorithm.advantage} does not use a "
+            "teacher: use algorithm=opd (advantage reverse_kl), or unset teacher.path",
         ),
         (
             not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),
@@ -210,10 +222,10 @@ def validate(cfg: RLFTConfig) -> None:
 
 def _paired_preference(cfg: RLFTConfig) -> bool:
     """Whether the run trains on preference pairs (DPO family; KTO's examples are unpaired)."""
-    from rlft.algorithms.preference_losses import UNPAIRED_PREFERENCE_LOSSES
+    from rlft.algorithms.registry import PREFERENCE_LOSSES
 
     algo = cfg.algorithm
-    return algo.kind == "preference" and algo.preference_loss not in UNPAIRED_PREFERENCE_LOSSES
+    return algo.kind == "preference" and not PREFERENCE_LOSSES.traits(algo.preference_loss).unpaired
 
 
 def _check_names(cfg: RLFTConfig) -> None:

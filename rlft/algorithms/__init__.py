@@ -1,4 +1,4 @@
-"""Pure-torch RL algorithms (no Ray, no I/O), selected by name through the registries."""
+"""Pure-torch RL algorithms (no Ray, no I/O, no Hydra), selected by name or path through the registries."""
 
 from rlft.algorithms.advantages import (
     AdvantageInput,
@@ -13,7 +13,9 @@ from rlft.algorithms.advantages import (
     rloo_advantages,
 )
 from rlft.algorithms.dapo import groups_with_signal, overlong_penalty
+from rlft.algorithms.distillation import reverse_kl_advantages
 from rlft.algorithms.kl import adaptive_kl_coef, kl_k1, kl_k2, kl_k3
+from rlft.algorithms.objective import LossCounts, ObjectiveInput, rl_objective
 from rlft.algorithms.policy_losses import (
     dual_clip_loss,
     gspo_loss,
@@ -26,8 +28,6 @@ from rlft.algorithms.policy_losses import (
     truncated_is_weights,
 )
 from rlft.algorithms.preference_losses import (
-    REFERENCE_FREE_PREFERENCE_LOSSES,
-    UNPAIRED_PREFERENCE_LOSSES,
     KTOInput,
     PreferenceInput,
     dpo_loss,
@@ -44,7 +44,8 @@ from rlft.algorithms.registry import (
     LOSS_AGGREGATIONS,
     POLICY_LOSSES,
     PREFERENCE_LOSSES,
-    Registry,
+    AdvantageTraits,
+    PreferenceTraits,
     get_advantage,
     get_kl,
     get_loss_agg,
@@ -57,6 +58,7 @@ from rlft.algorithms.registry import (
     register_preference_loss,
 )
 from rlft.algorithms.value import clipped_value_loss
+from rlft.registry import Registry
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -64,11 +66,13 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "POLICY_LOSSES",
     "PREFERENCE_LOSSES",
-    "REFERENCE_FREE_PREFERENCE_LOSSES",
-    "UNPAIRED_PREFERENCE_LOSSES",
     "AdvantageInput",
+    "AdvantageTraits",
     "KTOInput",
+    "LossCounts",
+    "ObjectiveInput",
     "PreferenceInput",
+    "PreferenceTraits",
     "Registry",
     "adaptive_kl_coef",
     "clipped_value_loss",
@@ -105,6 +109,8 @@ __all__ = [
     "reinforce_loss",
     "reinforce_pp_advantages",
     "reinforce_pp_baseline_advantages",
+    "reverse_kl_advantages",
+    "rl_objective",
     "rloo_advantages",
     "seq_mean_token_mean",
     "seq_mean_token_sum",

@@ -5,14 +5,19 @@ Every estimator is `fn(data: AdvantageInput, cfg: AlgorithmConfig) -> (advantage
 opinion": the sample is left out of every baseline and statistic and its advantage is 0.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rlft.algorithms.registry import register_advantage
-from rlft.config import AlgorithmConfig
+
+if TYPE_CHECKING:
+    from rlft.config import AlgorithmConfig
 
 GROUP_STD_EPS = 1e-6
 """Added to the group std of GRPO, as the reference implementations do."""
@@ -32,6 +37,11 @@ class AdvantageInput:
     """[N, T] per-token rewards (e.g. -coef * KL), 0 outside the mask."""
     values: Tensor | None = None
     """[N, T] critic values V(s_t) at completion tokens."""
+    logprobs: Tensor | None = None
+    """[N, T] the policy's log-probs of the sampled tokens before the update (given to estimators
+    that need a teacher)."""
+    teacher_logprobs: Tensor | None = None
+    """[N, T] a frozen teacher's log-probs of the same tokens (`teacher.path`)."""
 
     def __post_init__(self) -> None:
         n = self.rewards.shape[0]
@@ -40,7 +50,7 @@ class AdvantageInput:
                 f"rewards {tuple(self.rewards.shape)} and group_ids {tuple(self.group_ids.shape)} "
                 f"must be [N] and mask {tuple(self.mask.shape)} [N, T]"
             )
-        for name in ("mask", "token_rewards", "values"):
+        for name in ("mask", "token_rewards", "values", "logprobs", "teacher_logprobs"):
             x = getattr(self, name)
             if x is not None and x.shape != (n, self.mask.shape[1]):
                 raise ValueError(f"{name} {tuple(x.shape)} must be [N, T] = {tuple(self.mask.shape)}")
@@ -162,7 +172,7 @@ def _whitened_returns(
 # ---------------------------------------------------------------- group baselines
 
 
-@register_advantage("grpo")
+@register_advantage("grpo", min_group_size=2, takes_token_rewards=False)
 def grpo_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor, Tensor]:
     """Group-relative advantages of GRPO.
 
@@ -181,7 +191,7 @@ def grpo_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor,
     return _per_sequence(adv, data.mask)
 
 
-@register_advantage("dr_grpo")
+@register_advantage("dr_grpo", min_group_size=2, takes_token_rewards=False)
 def dr_grpo_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor, Tensor]:
     """Dr. GRPO advantages: Â_{i,t} = r_i − mean(r) over the prompt's group, never divided by std.
 
@@ -193,7 +203,7 @@ def dr_grpo_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tens
     return _per_sequence(_group_baseline("dr_grpo", data).centered, data.mask)
 
 
-@register_advantage("rloo")
+@register_advantage("rloo", min_group_size=2)
 def rloo_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor, Tensor]:
     """REINFORCE Leave-One-Out: Â_i = r_i − 1/(k−1) Σ_{j≠i} r_j over the k valid samples of the group.
 
@@ -231,7 +241,7 @@ def reinforce_pp_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple
     return _whitened_returns(data, torch.where(valid, data.rewards, 0.0), valid, cfg.gamma)
 
 
-@register_advantage("reinforce_pp_baseline")
+@register_advantage("reinforce_pp_baseline", min_group_size=2)
 def reinforce_pp_baseline_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor, Tensor]:
     """REINFORCE++ with a group baseline ("REINFORCE++-baseline", for k > 1 samples per prompt).
 
@@ -249,7 +259,7 @@ def reinforce_pp_baseline_advantages(data: AdvantageInput, cfg: AlgorithmConfig)
 # ---------------------------------------------------------------- PPO with a critic
 
 
-@register_advantage("gae")
+@register_advantage("gae", needs_critic=True)
 def gae_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor, Tensor]:
     """Generalized Advantage Estimation for PPO with a critic.
 

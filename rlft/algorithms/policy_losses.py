@@ -6,11 +6,17 @@ all tensors [N, T]; the loss is 0 where masked and `info` holds detached [N, T] 
 where masked). Log-ratios are masked before exp, so padding can never overflow.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from rlft.algorithms.registry import register_loss_agg, register_policy_loss
-from rlft.config import AlgorithmConfig
+
+if TYPE_CHECKING:
+    from rlft.config import AlgorithmConfig
 
 # ---------------------------------------------------------------- helpers
 

@@ -21,16 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlft.algorithms.registry import register_preference_loss
+from rlft.algorithms.registry import PREFERENCE_LOSSES, register_preference_loss
 
 if TYPE_CHECKING:
     from rlft.config import AlgorithmConfig
-
-UNPAIRED_PREFERENCE_LOSSES = frozenset({"kto"})
-"""Losses trained on unpaired desirable/undesirable examples (`KTOInput`), not chosen/rejected pairs."""
-
-REFERENCE_FREE_PREFERENCE_LOSSES = frozenset({"simpo", "orpo"})
-"""Losses that need no reference model: the trainer can skip loading one."""
 
 
 @dataclass
@@ -71,9 +65,13 @@ def _log_ratios(data: PreferenceInput, loss_name: str) -> tuple[Tensor, Tensor]:
     if data.ref_chosen_logps is None or data.ref_rejected_logps is None:
         raise ValueError(
             f"algorithm.preference_loss={loss_name!r} needs reference log-probs (ref_chosen_logps, "
-            f"ref_rejected_logps); the reference-free losses are {sorted(REFERENCE_FREE_PREFERENCE_LOSSES)}"
+            f"ref_rejected_logps); the reference-free losses are {_reference_free()}"
         )
     return data.chosen_logps - data.ref_chosen_logps, data.rejected_logps - data.ref_rejected_logps
+
+
+def _reference_free() -> list[str]:
+    return sorted(name for name in PREFERENCE_LOSSES if PREFERENCE_LOSSES.traits(name).reference_free)
 
 
 def _mean_logps(logps: Tensor, lengths: Tensor) -> Tensor:
@@ -153,7 +151,7 @@ def hinge_loss(data: PreferenceInput, cfg: AlgorithmConfig) -> tuple[Tensor, dic
     return _plus_chosen_nll(losses, data, cfg), _rewards(cfg.beta * chosen, cfg.beta * rejected)
 
 
-@register_preference_loss("simpo")
+@register_preference_loss("simpo", reference_free=True)
 def simpo_loss(data: PreferenceInput, cfg: AlgorithmConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """SimPO (Meng et al. 2024, arXiv 2405.14734), eq. 6, reference-free and length-normalised:
     L = −log σ(β/|y_w| · log π(y_w) − β/|y_l| · log π(y_l) − γ), with γ = `simpo_gamma`.
@@ -182,7 +180,7 @@ def _log_odds(mean_logps: Tensor) -> Tensor:
     return x - log1mexp
 
 
-@register_preference_loss("orpo")
+@register_preference_loss("orpo", reference_free=True)
 def orpo_loss(data: PreferenceInput, cfg: AlgorithmConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """ORPO (Hong et al. 2024, arXiv 2403.07691), eq. 6-7, reference-free:
     L = L_SFT + λ·L_OR,  L_OR = −log σ(log odds(y_w) − log odds(y_l)),  λ = `orpo_lambda`,
@@ -203,7 +201,7 @@ def orpo_loss(data: PreferenceInput, cfg: AlgorithmConfig) -> tuple[Tensor, dict
     return _plus_chosen_nll(losses, data, cfg), _rewards(chosen_log_odds, rejected_log_odds)
 
 
-@register_preference_loss("kto")
+@register_preference_loss("kto", unpaired=True)
 def kto_loss(data: KTOInput, cfg: AlgorithmConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """KTO (Ethayarajh et al. 2024, arXiv 2402.01306), the KTO loss of section 4, eq. 8-9
     (TRL's comments number it eq. 7),

@@ -1,42 +1,50 @@
-"""Name -> function registries, so configs pick algorithms by name (`algorithm.advantage=grpo`)."""
+"""The algorithm registries: configs pick advantage estimators, policy losses, aggregations, KL
+estimators and preference losses by name (``algorithm.advantage=grpo``) or by path to a user's
+function (``algorithm.policy_loss=my_loss.py:fn``); see :mod:`rlft.registry`.
 
-from collections.abc import Callable
-from typing import TypeVar
+The traits below are what validation and the learner ask a registry about an entry.
+"""
 
-F = TypeVar("F", bound=Callable)
+from __future__ import annotations
 
+from dataclasses import dataclass
 
-class Registry(dict[str, Callable]):
-    """A dict of named functions with a decorator to add one and a getter with a helpful error."""
-
-    def __init__(self, config_key: str) -> None:
-        super().__init__()
-        self.config_key = config_key
-
-    def register(self, name: str) -> Callable[[F], F]:
-        def decorator(fn: F) -> F:
-            if name in self:
-                raise ValueError(f"{self.config_key} {name!r} is already registered")
-            self[name] = fn
-            return fn
-
-        return decorator
-
-    def lookup(self, name: str) -> Callable:
-        if name not in self:
-            raise ValueError(f"unknown {self.config_key} {name!r}; known: {', '.join(sorted(self))}")
-        return self[name]
+from rlft.registry import NoTraits, Registry
 
 
-ADVANTAGE_ESTIMATORS = Registry("algorithm.advantage")
-POLICY_LOSSES = Registry("algorithm.policy_loss")
-LOSS_AGGREGATIONS = Registry("algorithm.loss_agg")
-KL_ESTIMATORS = Registry("algorithm.kl.estimator")
+@dataclass(frozen=True)
+class AdvantageTraits:
+    """What an advantage estimator needs from the rest of the run."""
+
+    needs_critic: bool = False
+    """It reads critic values (`AdvantageInput.values`): the learner loads and trains a critic."""
+    min_group_size: int = 1
+    """Smallest `algorithm.group_size` it works with (2 for baselines from the rest of the group)."""
+    takes_token_rewards: bool = True
+    """It accepts per-token rewards (`algorithm.kl.in_reward=true`); False: KL only as a loss term."""
+    needs_teacher: bool = False
+    """It reads a frozen teacher's log-probs (`AdvantageInput.teacher_logprobs`): `teacher.path`
+    must be set, and a reward function is optional."""
+
+
+@dataclass(frozen=True)
+class PreferenceTraits:
+    """What a preference loss trains on and needs."""
+
+    reference_free: bool = False
+    """No reference model: the trainer loads none and passes no reference log-probs."""
+    unpaired: bool = False
+    """Trained on unpaired desirable/undesirable examples (`KTOInput`), not chosen/rejected pairs."""
+
+
+ADVANTAGE_ESTIMATORS: Registry[AdvantageTraits] = Registry("algorithm.advantage", AdvantageTraits)
+POLICY_LOSSES: Registry[NoTraits] = Registry("algorithm.policy_loss")
+LOSS_AGGREGATIONS: Registry[NoTraits] = Registry("algorithm.loss_agg")
+KL_ESTIMATORS: Registry[NoTraits] = Registry("algorithm.kl.estimator")
+PREFERENCE_LOSSES: Registry[PreferenceTraits] = Registry("algorithm.preference_loss", PreferenceTraits)
 
 register_advantage, get_advantage = ADVANTAGE_ESTIMATORS.register, ADVANTAGE_ESTIMATORS.lookup
 register_policy_loss, get_policy_loss = POLICY_LOSSES.register, POLICY_LOSSES.lookup
 register_loss_agg, get_loss_agg = LOSS_AGGREGATIONS.register, LOSS_AGGREGATIONS.lookup
 register_kl, get_kl = KL_ESTIMATORS.register, KL_ESTIMATORS.lookup
-
-PREFERENCE_LOSSES = Registry("algorithm.preference_loss")
 register_preference_loss, get_preference_loss = PREFERENCE_LOSSES.register, PREFERENCE_LOSSES.lookup

@@ -20,17 +20,17 @@ import numpy as np
 import torch
 
 from rlft.algorithms import (
+    ADVANTAGE_ESTIMATORS,
     AdvantageInput,
     adaptive_kl_coef,
-    clipped_value_loss,
     get_advantage,
     get_kl,
     get_loss_agg,
     get_policy_loss,
-    truncated_is_weights,
 )
+from rlft.algorithms.objective import LossCounts, ObjectiveInput, as_float, rl_objective
 from rlft.attention import use_varlen_attention, wants_varlen_attention
-from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
+from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig, TeacherConfig
 from rlft.learner.batch import Batch, Sample, collate, pack, plan_micro_batches
 from rlft.learner.distributed import DataParallel, RendezvousSpec, Shard, open_rendezvous
 from rlft.learner.optim import autocast, build_optimizer, build_scheduler
@@ -63,6 +63,7 @@ class Learner:
         sampling_cfg: SamplingConfig,
         seed: int,
         num_threads: int = 0,
+        teacher_cfg: TeacherConfig | None = None,
     ):
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -79,23 +80,29 @@ class Learner:
         self.ref_model = None
         if self.needs_reference() and not self.lora:
             self.ref_model = load_model(model_cfg, self.device).eval().requires_grad_(False)
+        # On-policy distillation: a frozen teacher, scored on the samples like the reference.
+        self.teacher = None
+        if teacher_cfg is not None and teacher_cfg.path:
+            self.teacher = load_teacher(model_cfg, teacher_cfg.path, self.device, self.model)
         if learner_cfg.packing and wants_varlen_attention(learner_cfg.packed_attention, self.device):
-            for model in (self.model, self.ref_model):
+            for model in (self.model, self.ref_model, self.teacher):
                 if model is not None:
                     use_varlen_attention(model)
         if learner_cfg.compile:
-            for model in (self.model, self.ref_model):
+            for model in (self.model, self.ref_model, self.teacher):
                 if model is not None:
                     compile_decoder_layers(model)
         self.critic = None
-        if algorithm_cfg.kind == "online" and algorithm_cfg.advantage == "gae":
+        if (
+            algorithm_cfg.kind == "online"
+            and ADVANTAGE_ESTIMATORS.traits(algorithm_cfg.advantage).needs_critic
+        ):
             self.critic = load_value_model(model_cfg, self.device).eval()
         self._build_optimizers()
         self.advantage_fn = get_advantage(algorithm_cfg.advantage)
         self.policy_loss = get_policy_loss(algorithm_cfg.policy_loss)
         self.loss_agg = get_loss_agg(algorithm_cfg.loss_agg)
         self.kl_estimator = get_kl(algorithm_cfg.kl.estimator)
-        self.token_mean = get_loss_agg("token_mean")
         self.kl_coef = algorithm_cfg.beta
         self.policy_version = 0
         self.skipped_updates = 0
@@ -173,9 +180,12 @@ class Learner:
         single_update = self.algo.epochs_per_step == 1 and len(shard.mini_batch_sizes) == 1
         # With a single optimizer step the policy is still the one that generated: the update
         # uses its own detached log-probs as "old" and skips this forward pass.
-        needs_old = not single_update or self.algo.kl.in_reward
+        needs_old = not single_update or self.algo.kl.in_reward or self.teacher is not None
         old = self._no_grad_forward(self._logprobs_of(self.model), batch) if needs_old else None
         ref = self._reference_logprobs(batch) if self.needs_reference() else None
+        teacher = None
+        if self.teacher is not None:
+            teacher = self._no_grad_forward(self._logprobs_of(self.teacher), batch)
         values = None if self.critic is None else self._no_grad_forward(self._values, batch)
         token_rewards = None
         if self.algo.kl.in_reward and ref is not None:
@@ -186,6 +196,8 @@ class Learner:
             "mask": batch.completion_mask,
             "token_rewards": token_rewards,
             "values": values,
+            "logprobs": None if teacher is None else old,
+            "teacher_logprobs": teacher,
         }
         if self.dp is not None:
             rows = self.dp.gather_rows(rows, shard.indices, shard.total)
@@ -210,60 +222,29 @@ class Learner:
             return self._no_grad_forward(self._logprobs_of(self.model), batch)
 
     def _optimizer_step(self, batch: Batch) -> dict[str, float]:
-        """Gradient accumulation over micro-batches, normalised over the whole mini-batch."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.critic_optimizer is not None:
-            self.critic_optimizer.zero_grad(set_to_none=True)
+        """Gradient accumulation over micro-batches of the loss :func:`rl_objective`, normalised
+        over the whole mini-batch (over all ranks: the summed gradient is then the gradient of
+        the whole mini-batch); then one optimizer step of the policy (and critic)."""
+        for optimizer in (self.optimizer, self.critic_optimizer):
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
         counts = {"num_tokens": batch.completion_mask.sum().item(), "num_seqs": float(len(batch))}
-        # Normalise by the whole mini-batch's counts, over all ranks: the summed gradient is then
-        # the gradient of the whole mini-batch.
         counts = counts if self.dp is None else self.dp.sum(counts)
-        norm = {**counts, "horizon": self.sampling.max_new_tokens}
+        norm = LossCounts(counts["num_tokens"], counts["num_seqs"], self.sampling.max_new_tokens)
+        functions = {
+            "policy_loss": self.policy_loss,
+            "loss_agg": self.loss_agg,
+            "kl_estimator": self.kl_estimator,
+        }
         stats: dict[str, float] = {}
-
-        def add(name: str, value: torch.Tensor) -> None:
-            stats[name] = stats.get(name, 0.0) + value.item()
-
         plan = self._micro_batches(batch)
         for rows in plan:
-            mb = batch.select(rows)
-            mask = mb.completion_mask
-            logprobs, entropy = self._logprobs(self.model, mb, entropy=True)
-            old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
-            per_token, info = self.policy_loss(logprobs, old, mb.advantages, mask, self.algo)
-            if self.algo.tis_cap > 0:
-                per_token = per_token * truncated_is_weights(
-                    old, mb.sampler_logprobs, mask, self.algo.tis_cap
-                )
-            policy_loss = self.loss_agg(per_token, mask, **norm)
-            loss = policy_loss
-            if mb.ref_logprobs is not None:
-                kl = self.kl_estimator(logprobs, mb.ref_logprobs) * mask
-                if not self.algo.kl.in_reward:
-                    loss = loss + self.kl_coef * self.loss_agg(kl, mask, **norm)
-                add("kl", self.token_mean(kl.detach(), mask, **norm))
-                add("kl/seq", kl.detach().sum() / norm["num_seqs"])
-            entropy_mean = self.token_mean(entropy, mask, **norm)
-            if self.algo.entropy_coef > 0:
-                loss = loss - self.algo.entropy_coef * entropy_mean
-            loss.backward()
-            if self.critic is not None:
-                values = self._values(mb)
-                value_loss = self.token_mean(
-                    clipped_value_loss(values, mb.old_values, mb.returns, mask, self.algo.value_clip),
-                    mask,
-                    **norm,
-                )
-                value_loss.backward()
-                add("loss/value", value_loss)
-            add("loss/policy", policy_loss)
-            add("entropy", entropy_mean)
-            add("clip_frac", self.token_mean(info["clipped"], mask, **norm))
-            # How far the engine's numerics (or stale weights) are from the learner's: ~0 when in sync.
-            add(
-                "logprob_diff/sampler",
-                self.token_mean((logprobs.detach() - mb.sampler_logprobs).abs(), mask, **norm),
+            loss, terms = rl_objective(
+                self._objective_input(batch.select(rows)), self.algo, self.kl_coef, norm, **functions
             )
+            loss.backward()
+            for name, value in as_float(terms).items():
+                stats[name] = stats.get(name, 0.0) + value
         if self.dp is not None:  # each rank holds a part of the sums: add them up
             for _ in range(self.dp.extra_passes(len(plan))):
                 self._pass_without_effect(batch.select(plan[0]))
@@ -275,6 +256,23 @@ class Learner:
         if self.critic is not None:
             stats["critic/grad_norm"] = self._clip_and_step(self.critic, self.critic_optimizer)
         return stats
+
+    def _objective_input(self, mb: Batch) -> ObjectiveInput:
+        """The policy's (and critic's) forward pass over micro-batch ``mb``, with the batch's
+        precomputed fields: what :func:`rl_objective` takes."""
+        logprobs, entropy = self._logprobs(self.model, mb, entropy=True)
+        return ObjectiveInput(
+            logprobs=logprobs,
+            mask=mb.completion_mask,
+            advantages=mb.advantages,
+            sampler_logprobs=mb.sampler_logprobs,
+            old_logprobs=mb.old_logprobs,
+            ref_logprobs=mb.ref_logprobs,
+            entropy=entropy,
+            values=None if self.critic is None else self._values(mb),
+            old_values=mb.old_values,
+            returns=mb.returns,
+        )
 
     def _pass_without_effect(self, mb: Batch) -> None:
         """A forward and backward pass of the policy (and critic) that adds nothing to the
@@ -472,7 +470,7 @@ class Learner:
             if model is not None:
                 self.dp.broadcast_module(model)
         if self.cfg.strategy == "fsdp2":
-            for model in (self.model, self.ref_model, self.critic):
+            for model in (self.model, self.ref_model, self.teacher, self.critic):
                 if model is not None:
                     self.dp.shard(model)
             self._build_optimizers()  # over the sharded parameters
@@ -501,6 +499,21 @@ class Learner:
     def export_weight_bucket(self, index: int, num_receivers: int) -> list[BucketPayload]:
         """CUDA IPC transport: pack bucket ``index``; one handle (or, on the CPU, copy) per receiver."""
         return self._bucket_exporter.export(index, self.policy_version, num_receivers)
+
+
+def load_teacher(
+    model_cfg: ModelConfig, path: str, device: str | torch.device, student: torch.nn.Module
+) -> torch.nn.Module:
+    """The frozen teacher model at ``path`` (``model``'s dtype and options, no LoRA), checked to
+    score the student's tokens: its vocabulary must cover the student's."""
+    teacher = load_model(replace(model_cfg, path=path), device).eval().requires_grad_(False)
+    have, need = teacher.get_output_embeddings().out_features, student.get_output_embeddings().out_features
+    if have < need:
+        raise ValueError(
+            f"teacher.path={path} has {have} output tokens, fewer than the student's {need}: the "
+            "teacher must share the student's tokenizer and vocabulary"
+        )
+    return teacher
 
 
 def _read_weights(model: torch.nn.Module, directory: Path) -> dict[str, torch.Tensor]:

@@ -14,14 +14,8 @@ import time
 
 import torch
 
-from rlft.algorithms.preference_losses import (
-    REFERENCE_FREE_PREFERENCE_LOSSES,
-    UNPAIRED_PREFERENCE_LOSSES,
-    KTOInput,
-    PreferenceInput,
-    preference_metrics,
-)
-from rlft.algorithms.registry import get_preference_loss
+from rlft.algorithms.preference_losses import KTOInput, PreferenceInput, preference_metrics
+from rlft.algorithms.registry import PREFERENCE_LOSSES, get_preference_loss
 from rlft.attention import use_shared_prompt_attention, wants_varlen_attention
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import Example, UnpairedExample
@@ -65,7 +59,7 @@ class PreferenceLearner(Learner):
         # Default sampling settings: preference losses score sequences at temperature 1.
         super().__init__(model_cfg, learner_cfg, algorithm_cfg, SamplingConfig(), seed, num_threads)
         self.loss_fn = get_preference_loss(algorithm_cfg.preference_loss)
-        self.unpaired = algorithm_cfg.preference_loss in UNPAIRED_PREFERENCE_LOSSES
+        self.unpaired = PREFERENCE_LOSSES.traits(algorithm_cfg.preference_loss).unpaired
         self.share_prompt = learner_cfg.share_prompt and not self.unpaired
         # Shared-prompt rows: a variable-length flash kernel over each pair's two segments
         # (learner.packed_attention, as for packed rows), or the model's attention with a mask.
@@ -80,7 +74,7 @@ class PreferenceLearner(Learner):
                 _check_custom_mask_support(model)
 
     def needs_reference(self) -> bool:
-        return self.algo.preference_loss not in REFERENCE_FREE_PREFERENCE_LOSSES
+        return not PREFERENCE_LOSSES.traits(self.algo.preference_loss).reference_free
 
     def reference_logps(self, batch: list[Example]) -> Logps:
         """The frozen reference's summed completion log-probs of each example (for a cache)."""

@@ -191,6 +191,7 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list
         rc.sampling,
         cfg.trainer.seed,
         cluster.threads(lc.num_cpus_per_worker),
+        cfg.teacher,
         num_workers=lc.num_workers,
         num_cpus=lc.num_cpus_per_worker,
         num_gpus=learner_gpus,

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rlft.algorithms.preference_losses import REFERENCE_FREE_PREFERENCE_LOSSES, UNPAIRED_PREFERENCE_LOSSES
+from rlft.algorithms.registry import PREFERENCE_LOSSES
 from rlft.cluster import Cluster
 from rlft.config import RLFTConfig
 from rlft.data.preference import (
@@ -39,7 +39,7 @@ def train(cfg: RLFTConfig) -> Path:
     checkpoint.create_run_dir(cfg)  # only once the input is known to be good
     sampler = ExampleSampler(len(data.examples), cfg.trainer.seed)
     ref_cache: dict[int, tuple[float, ...]] | None = (
-        None if cfg.algorithm.preference_loss in REFERENCE_FREE_PREFERENCE_LOSSES else {}
+        None if PREFERENCE_LOSSES.traits(cfg.algorithm.preference_loss).reference_free else {}
     )
 
     with Cluster(cfg.cluster) as cluster:
@@ -94,7 +94,7 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> tuple[PreferenceDataset, Any, Pa
         data = load_preference_data(
             cfg.data,
             tokenizer,
-            unpaired=cfg.algorithm.preference_loss in UNPAIRED_PREFERENCE_LOSSES,
+            unpaired=PREFERENCE_LOSSES.traits(cfg.algorithm.preference_loss).unpaired,
             max_prompt_tokens=cfg.model.max_prompt_tokens,
             max_completion_tokens=cfg.rollout.sampling.max_new_tokens,
         )

@@ -1,0 +1,102 @@
+"""Name -> function registries: a config value picks a component by name (``rollout.engine=hf``,
+``algorithm.advantage=grpo``) or, where the registry allows it, by path to a user's function
+(``algorithm.policy_loss=my_loss.py:fn``), loaded with rlft's one loader
+(:func:`rlft.rewards.loader.load_callable`) and its error messages.
+
+An entry is a function plus its traits, a small frozen dataclass of facts the rest of rlft asks
+about (validation: "does this estimator need groups of 2+?"; the learner: "does it need a
+critic?"). Registered functions declare them in the decorator (``@register_advantage("gae",
+needs_critic=True)``); a function loaded by path takes them from its ``traits`` attribute, else
+the defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+F = TypeVar("F", bound=Callable)
+T = TypeVar("T")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""Paths like ``rewards/synthetic.py:fn`` also resolve against the rlft checkout (after the
+current directory)."""
+
+
+@dataclass(frozen=True)
+class NoTraits:
+    """Traits of the registries whose entries need nothing beyond their arguments."""
+
+
+class Registry(dict[str, Callable], Generic[T]):
+    """A dict of named functions with a decorator to add one (and its traits), and a getter that
+    also loads `path/file.py:fn` or `module:fn` specs, with a helpful error for unknown names."""
+
+    def __init__(self, config_key: str, traits_type: type[T] = NoTraits, by_path: bool = True) -> None:
+        """``by_path``: ``path/file.py:fn`` specs are loaded (else only registered names exist)."""
+        super().__init__()
+        self.by_path = by_path
+        self.config_key = config_key
+        self.traits_type = traits_type
+        self._traits: dict[str, T] = {}
+
+    def register(self, name: str, **traits: Any) -> Callable[[F], F]:
+        """Decorator adding ``fn`` under ``name`` with ``traits`` (fields of the traits type)."""
+        declared = self.traits_type(**traits)
+
+        def decorator(fn: F) -> F:
+            if name in self:
+                raise ValueError(f"{self.config_key} {name!r} is already registered")
+            self[name] = fn
+            self._traits[name] = declared
+            return fn
+
+        return decorator
+
+    def lookup(self, name: str) -> Callable:
+        """The function registered as ``name``, or loaded from the spec ``name`` when it holds a ':'."""
+        if self.by_path and is_spec(name):
+            return _load(name, self.config_key)
+        if name not in self:
+            yours = ", or a function of yours as path/to/file.py:function" if self.by_path else ""
+            raise ValueError(f"unknown {self.config_key} {name!r}; known: {', '.join(sorted(self))}{yours}")
+        return self[name]
+
+    def traits(self, name: str) -> T:
+        """The traits of ``name``: declared when registered, else the loaded function's ``traits``
+        attribute, else the defaults."""
+        if name in self._traits:
+            return self._traits[name]
+        traits = getattr(self.lookup(name), "traits", self.traits_type())
+        if not isinstance(traits, self.traits_type):
+            raise TypeError(
+                f"{self.config_key}={name}: its 'traits' attribute is a {type(traits).__name__}; "
+                f"set it to {self.traits_type.__module__}.{self.traits_type.__name__}(...)"
+            )
+        return traits
+
+
+def is_spec(name: str) -> bool:
+    """Whether a config value names a function by path or module (``file.py:fn``, ``pkg.mod:fn``)."""
+    return ":" in name
+
+
+def absolute_spec(name: str, config_key: str) -> str:
+    """``name`` with a relative file path made absolute (what a process elsewhere can load);
+    registry names unchanged. Raises the loader's errors for a bad spec."""
+    if not is_spec(name):
+        return name
+    from rlft.rewards.loader import load_callable
+
+    return load_callable(name, config_key, search_dirs=[PROJECT_ROOT])[1]
+
+
+@cache
+def _load(spec: str, config_key: str) -> Callable:
+    """Load a user's function once per process, with the reward functions' loader and errors."""
+    from rlft.rewards.loader import load_callable
+
+    return load_callable(spec, config_key, search_dirs=[PROJECT_ROOT])[0]
