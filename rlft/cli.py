@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,11 @@ def _validated(cfg: Any) -> RLFTConfig:
     assert isinstance(cfg, RLFTConfig)
     try:
         validate(cfg)
-    except ValueError as err:
+        from rlft.algorithms.registry import with_absolute_paths
+
+        return replace(cfg, algorithm=with_absolute_paths(cfg.algorithm))
+    except (ValueError, TypeError, ImportError, AttributeError, OSError) as err:
         raise ConfigError(str(err)) from err
-    return cfg
 
 
 def _reject_unknown_keys(node: Any, schema: Any, prefix: str = "") -> None:

@@ -12,6 +12,7 @@ the defaults.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -35,10 +36,21 @@ class Registry(dict[str, Callable], Generic[T]):
     """A dict of named functions with a decorator to add one (and its traits), and a getter that
     also loads `path/file.py:fn` or `module:fn` specs, with a helpful error for unknown names."""
 
-    def __init__(self, config_key: str, traits_type: type[T] = NoTraits, by_path: bool = True) -> None:
-        """``by_path``: ``path/file.py:fn`` specs are loaded (else only registered names exist)."""
+    def __init__(
+        self,
+        config_key: str,
+        traits_type: type[T] = NoTraits,
+        *,
+        by_path: bool = True,
+        arguments: tuple[str, ...] = (),
+        keywords: tuple[str, ...] = (),
+    ) -> None:
+        """``by_path``: ``path/file.py:fn`` specs are loaded (else only registered names exist);
+        a loaded function must accept the positional ``arguments`` and the keyword ``keywords``
+        (checked when it is loaded)."""
         super().__init__()
         self.by_path = by_path
+        self.arguments, self.keywords = arguments, keywords
         self.config_key = config_key
         self.traits_type = traits_type
         self._traits: dict[str, T] = {}
@@ -59,11 +71,25 @@ class Registry(dict[str, Callable], Generic[T]):
     def lookup(self, name: str) -> Callable:
         """The function registered as ``name``, or loaded from the spec ``name`` when it holds a ':'."""
         if self.by_path and is_spec(name):
-            return _load(name, self.config_key)
+            fn = _load(name, self.config_key)[0]
+            self._check_call_shape(name, fn)
+            return fn
         if name not in self:
             yours = ", or a function of yours as path/to/file.py:function" if self.by_path else ""
             raise ValueError(f"unknown {self.config_key} {name!r}; known: {', '.join(sorted(self))}{yours}")
         return self[name]
+
+    def _check_call_shape(self, spec: str, fn: Callable) -> None:
+        """A TypeError naming the spec and the expected call if ``fn`` cannot take the arguments."""
+        try:
+            inspect.signature(fn).bind(*self.arguments, **dict.fromkeys(self.keywords))
+        except TypeError as error:
+            keywords = "".join(f", {k}=..." for k in self.keywords)
+            raise TypeError(
+                f"{self.config_key} spec {spec!r}: {getattr(fn, '__name__', spec)}{inspect.signature(fn)} "
+                f"cannot be called as fn({', '.join(self.arguments)}{keywords}) ({error}); write it "
+                'with that signature (README, "Write your own loss")'
+            ) from error
 
     def traits(self, name: str) -> T:
         """The traits of ``name``: declared when registered, else the loaded function's ``traits``
@@ -89,14 +115,13 @@ def absolute_spec(name: str, config_key: str) -> str:
     registry names unchanged. Raises the loader's errors for a bad spec."""
     if not is_spec(name):
         return name
-    from rlft.rewards.loader import load_callable
-
-    return load_callable(name, config_key, search_dirs=[PROJECT_ROOT])[1]
+    return _load(name, config_key)[1]
 
 
 @cache
-def _load(spec: str, config_key: str) -> Callable:
-    """Load a user's function once per process, with the reward functions' loader and errors."""
+def _load(spec: str, config_key: str) -> tuple[Callable, str]:
+    """Load a user's function once per process, with the reward functions' loader and errors;
+    returns it and its spec with an absolute file path."""
     from rlft.rewards.loader import load_callable
 
-    return load_callable(spec, config_key, search_dirs=[PROJECT_ROOT])[0]
+    return load_callable(spec, config_key, search_dirs=[PROJECT_ROOT])

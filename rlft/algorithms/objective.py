@@ -109,12 +109,11 @@ def rl_objective(
     if cfg.tis_cap > 0:
         per_token = per_token * truncated_is_weights(old, x.sampler_logprobs, mask, cfg.tis_cap)
     loss = aggregated = loss_agg(per_token, mask, **norm)
-    stats = {
-        "loss/policy": aggregated.detach(),
-        "clip_frac": token_mean(info["clipped"], mask, **norm),
-        # How far the engine's numerics (or stale weights) are from the learner's: ~0 when in sync.
-        "logprob_diff/sampler": token_mean((logprobs.detach() - x.sampler_logprobs).abs(), mask, **norm),
-    }
+    stats = {"loss/policy": aggregated.detach()}
+    if "clipped" in info:  # a loss of yours may leave it out
+        stats["clip_frac"] = token_mean(info["clipped"], mask, **norm)
+    # How far the engine's numerics (or stale weights) are from the learner's: ~0 when in sync.
+    stats["logprob_diff/sampler"] = token_mean((logprobs.detach() - x.sampler_logprobs).abs(), mask, **norm)
     if x.ref_logprobs is not None:
         kl = (kl_estimator or get_kl(cfg.kl.estimator))(logprobs, x.ref_logprobs) * mask
         if not cfg.kl.in_reward:

@@ -7,9 +7,13 @@ The traits below are what validation and the learner ask a registry about an ent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from rlft.registry import NoTraits, Registry
+from rlft.registry import NoTraits, Registry, absolute_spec
+
+if TYPE_CHECKING:
+    from rlft.config import AlgorithmConfig
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,36 @@ class PreferenceTraits:
     """Trained on unpaired desirable/undesirable examples (`KTOInput`), not chosen/rejected pairs."""
 
 
-ADVANTAGE_ESTIMATORS: Registry[AdvantageTraits] = Registry("algorithm.advantage", AdvantageTraits)
-POLICY_LOSSES: Registry[NoTraits] = Registry("algorithm.policy_loss")
-LOSS_AGGREGATIONS: Registry[NoTraits] = Registry("algorithm.loss_agg")
-KL_ESTIMATORS: Registry[NoTraits] = Registry("algorithm.kl.estimator")
-PREFERENCE_LOSSES: Registry[PreferenceTraits] = Registry("algorithm.preference_loss", PreferenceTraits)
+ADVANTAGE_ESTIMATORS: Registry[AdvantageTraits] = Registry(
+    "algorithm.advantage", AdvantageTraits, arguments=("data", "cfg")
+)
+POLICY_LOSSES: Registry[NoTraits] = Registry(
+    "algorithm.policy_loss", arguments=("logprobs", "old_logprobs", "advantages", "mask", "cfg")
+)
+LOSS_AGGREGATIONS: Registry[NoTraits] = Registry(
+    "algorithm.loss_agg", arguments=("per_token", "mask"), keywords=("num_tokens", "num_seqs", "horizon")
+)
+KL_ESTIMATORS: Registry[NoTraits] = Registry("algorithm.kl.estimator", arguments=("logprobs", "ref_logprobs"))
+PREFERENCE_LOSSES: Registry[PreferenceTraits] = Registry(
+    "algorithm.preference_loss", PreferenceTraits, arguments=("data", "cfg")
+)
 
 register_advantage, get_advantage = ADVANTAGE_ESTIMATORS.register, ADVANTAGE_ESTIMATORS.lookup
 register_policy_loss, get_policy_loss = POLICY_LOSSES.register, POLICY_LOSSES.lookup
 register_loss_agg, get_loss_agg = LOSS_AGGREGATIONS.register, LOSS_AGGREGATIONS.lookup
 register_kl, get_kl = KL_ESTIMATORS.register, KL_ESTIMATORS.lookup
 register_preference_loss, get_preference_loss = PREFERENCE_LOSSES.register, PREFERENCE_LOSSES.lookup
+
+
+def with_absolute_paths(cfg: AlgorithmConfig) -> AlgorithmConfig:
+    """``cfg`` with every function given by a relative file path (``my_loss.py:fn``) made absolute,
+    so that learners in other processes (or a resumed run elsewhere) load the same file."""
+    keys = {
+        "advantage": ADVANTAGE_ESTIMATORS,
+        "policy_loss": POLICY_LOSSES,
+        "loss_agg": LOSS_AGGREGATIONS,
+        "preference_loss": PREFERENCE_LOSSES,
+    }
+    changes = {key: absolute_spec(getattr(cfg, key), registry.config_key) for key, registry in keys.items()}
+    kl = replace(cfg.kl, estimator=absolute_spec(cfg.kl.estimator, KL_ESTIMATORS.config_key))
+    return replace(cfg, **changes, kl=kl)
