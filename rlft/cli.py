@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         help="run an RL experiment",
         description="Compose a config from conf/ (and recipes/) with Hydra overrides, then train. "
         "Example: rlft train recipe=quickstart trainer.max_steps=20 cluster.mode=local",
+        add_help=False,
     )
     train_parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides: recipe=NAME, group=option, key=value"
+    )
+    train_parser.add_argument(
+        "-h",
+        "--help",
+        nargs="?",
+        const="",
+        metavar="GROUP",
+        help="show this help; with a GROUP (algorithm, learner, ..., or all) every key of that "
+        "part of the config with its type, value (after the other arguments) and description",
     )
     train_parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
@@ -139,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
+    if args.command == "train" and args.help is not None:
+        print(train_parser.format_help())
+        return _print_keys(args.help, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "eval":
         return _evaluate(args.model, args.overrides, args.output)
@@ -163,6 +176,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _print_keys(group: str, overrides: list[str]) -> int:
+    """``rlft train --help GROUP [overrides]``: each key of the group (``all``: every key) with its
+    type, its value in the config the overrides compose (else the schema default) and docstring."""
+    from rlft.config import describe_keys
+
+    groups = [f.name for f in fields(RLFTConfig)]
+    if "=" in group:  # `rlft train --help key=value`: an override, no group
+        group, overrides = "", [group, *overrides]
+    if not group:
+        print(f"config groups: {', '.join(groups)}")
+        print("rlft train --help GROUP lists the keys of one group, rlft train --help all every key")
+        return 0
+    if group != "all" and group.split(".")[0] not in groups:
+        print(f"rlft: unknown config group {group!r}; one of: all, {', '.join(groups)}", file=sys.stderr)
+        return 2
+    try:
+        cfg, origin = load_config(overrides), "this configuration"
+    except ConfigError as err:
+        cfg, origin = RLFTConfig(), f"schema defaults (the overrides do not compose: {err})"
+    print(f"keys ({origin}):\n")
+    for key, type_, value, doc in describe_keys(cfg):
+        if group == "all" or key == group or key.startswith(group + "."):
+            print(f"{key}: {type_} = {value!r}")
+            print("".join(f"    {line}\n" for line in (doc or "(no description)").splitlines()))
     return 0
 
 

@@ -546,3 +546,41 @@ class RLFTConfig:
 def register_configs() -> None:
     """Register the root schema; ``conf/config.yaml`` builds on it, so every group is validated."""
     ConfigStore.instance().store(name="rlft_schema", node=RLFTConfig)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of the dataclass ``cls`` (read from its source), by field name."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    docs: dict[str, str] = {}
+    name = None
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name = node.target.id
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
+            # TrainerConfig's `async`: __annotations__["async"] = "bool"
+            key = node.targets[0].slice
+            name = key.value if isinstance(key, ast.Constant) else None
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and name:
+            docs[name] = inspect.cleandoc(node.value.value)
+            name = None
+        else:
+            name = None
+    return docs
+
+
+def describe_keys(node: Any, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key, type, value, docstring) of every leaf key under the dataclass instance ``node``, whose
+    keys start with ``prefix`` (e.g. ``algorithm.``), nested groups depth first."""
+    docs = field_docs(type(node))
+    rows: list[tuple[str, str, Any, str]] = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if hasattr(type(value), "__dataclass_fields__"):
+            rows += describe_keys(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", str(f.type), value, docs.get(f.name, "")))
+    return rows
