@@ -71,7 +71,7 @@ class Registry(dict[str, Callable], Generic[T]):
     def lookup(self, name: str) -> Callable:
         """The function registered as ``name``, or loaded from the spec ``name`` when it holds a ':'."""
         if self.by_path and is_spec(name):
-            fn = _load(name, self.config_key)[0]
+            fn = _load(name, self.config_key, Path.cwd())[0]
             self._check_call_shape(name, fn)
             return fn
         if name not in self:
@@ -115,13 +115,14 @@ def absolute_spec(name: str, config_key: str) -> str:
     registry names unchanged. Raises the loader's errors for a bad spec."""
     if not is_spec(name):
         return name
-    return _load(name, config_key)[1]
+    return _load(name, config_key, Path.cwd())[1]
 
 
 @cache
-def _load(spec: str, config_key: str) -> tuple[Callable, str]:
-    """Load a user's function once per process, with the reward functions' loader and errors;
-    returns it and its spec with an absolute file path."""
+def _load(spec: str, config_key: str, cwd: Path) -> tuple[Callable, str]:
+    """Load a user's function once per process (and directory ``cwd``, against which a relative
+    path resolves first), with the reward functions' loader and errors; returns it and its spec
+    with an absolute file path."""
     from rlft.rewards.loader import load_callable
 
     return load_callable(spec, config_key, search_dirs=[PROJECT_ROOT])

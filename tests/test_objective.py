@@ -21,7 +21,9 @@ REF = [[-1.2, -0.4, 0.0], [-2.0, -0.5, -1.0]]
 ADV = [[1.0, 1.0, 0.0], [-0.5, -0.5, -0.5]]
 ENTROPY = [[2.0, 1.0, 9.0], [0.5, 1.5, 1.0]]
 TOKENS = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]  # the unmasked ones
-CFG = AlgorithmConfig(clip_low=0.2, clip_high=0.2, tis_cap=1.5, entropy_coef=0.01, kl=KLConfig(estimator="k3"))
+CFG = AlgorithmConfig(
+    clip_low=0.2, clip_high=0.2, tis_cap=1.5, entropy_coef=0.01, kl=KLConfig(estimator="k3")
+)
 KL_COEF = 0.1
 COUNTS = LossCounts(num_tokens=5, num_seqs=2, horizon=8)
 
