@@ -475,7 +475,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep; 0 = keep all."""
     # `async` is a Python keyword, so its field is declared through the class namespace; the
-    # YAML/CLI key is `trainer.async` (DESIGN's contract) and code reads `cfg.trainer.asynchronous`.
+    # YAML/CLI key is `trainer.async` and code reads `cfg.trainer.asynchronous`.
     # repr/compare off and __init__ written out: dataclasses would write the keyword into
     # generated code. It is an init field, so dataclasses.replace() keeps it.
     vars()["async"] = field(default=False, repr=False, compare=False)

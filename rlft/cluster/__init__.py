@@ -155,6 +155,20 @@ class Cluster:
 
         return ray.get(refs)
 
+    def get_failing_fast(self, refs: list[Any]) -> list[Any]:
+        """The values behind ``refs``, in order; the first call to fail raises at once, without
+        waiting for the others (which may be blocked waiting for the failed one, e.g. in a
+        collective)."""
+        if self.local:
+            return refs
+        import ray
+
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+        return ray.get(refs)
+
     def pull_map(
         self, handles: Sequence[Any], call: Callable[[Any, Any], Any], items: Sequence[Any]
     ) -> list[Any]:

@@ -160,13 +160,4 @@ class LearnerGroup:
     def _all(self, call: Any) -> list[Any]:
         """``call(rank, handle)`` on every rank at once; the results in rank order. The first
         rank to fail raises at once (the others may be blocked in a collective waiting for it)."""
-        refs = [call(rank, r) for rank, r in enumerate(self.ranks)]
-        if self.cluster.local:
-            return refs
-        import ray
-
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-        return ray.get(refs)
+        return self.cluster.get_failing_fast([call(rank, r) for rank, r in enumerate(self.ranks)])

@@ -42,10 +42,6 @@ class Engine(Protocol):
         """``n`` completions for each prompt (given as token ids), in prompt order."""
         ...
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Replace the model's parameters in place (no reload)."""
-        ...
-
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Copy these (name, tensor) pairs into the model's parameters in place; returns bytes."""
         ...

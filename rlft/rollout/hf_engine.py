@@ -145,9 +145,6 @@ class HFEngine:
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        self.load_named_tensors(weights.items())
-
     def get_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 

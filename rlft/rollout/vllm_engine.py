@@ -153,17 +153,6 @@ class VLLMEngine:
 
     # --- weights ---------------------------------------------------------------------------------
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Load a full set of weights (Hugging Face names) in place; with LoRA the adapters."""
-        self._finish_update()
-        if self.lora:
-            self.load_named_tensors(weights.items())
-            self._finish_update()
-            return
-        self._begin_update()
-        self.llm.collective_rpc(_load_tensors, args=(self._with_tied(list(weights.items())),))
-        self._finish_update()
-
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load one bucket of (Hugging Face name, tensor) pairs in place; returns the bytes.
 

@@ -1,4 +1,4 @@
-"""Metric trackers: every step's flat metrics dict goes to each enabled one (see DESIGN "Metrics")."""
+"""Metric trackers: every step's flat metrics dict goes to each enabled one."""
 
 from __future__ import annotations
 
