@@ -501,6 +501,7 @@ def test_registries_hold_the_functions():
         "grpo",
         "reinforce_pp",
         "reinforce_pp_baseline",
+        "reverse_kl",
         "rloo",
     ]
     assert [get_policy_loss(n) for n in ("ppo_clip", "dual_clip", "gspo", "reinforce")] == LOSSES

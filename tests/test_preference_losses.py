@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from rlft.algorithms.preference_losses import (
-    REFERENCE_FREE_PREFERENCE_LOSSES,
-    UNPAIRED_PREFERENCE_LOSSES,
     KTOInput,
     PreferenceInput,
     dpo_loss,
@@ -23,6 +21,10 @@ from rlft.algorithms.preference_losses import (
 from rlft.algorithms.registry import PREFERENCE_LOSSES, get_preference_loss
 from rlft.config import AlgorithmConfig
 
+UNPAIRED_PREFERENCE_LOSSES = {n for n in PREFERENCE_LOSSES if PREFERENCE_LOSSES.traits(n).unpaired}
+REFERENCE_FREE_PREFERENCE_LOSSES = {
+    n for n in PREFERENCE_LOSSES if PREFERENCE_LOSSES.traits(n).reference_free
+}
 PAIRED = sorted(set(PREFERENCE_LOSSES) - UNPAIRED_PREFERENCE_LOSSES)
 
 # ---------------------------------------------------------------- numpy references (float64)
@@ -126,8 +128,8 @@ def test_registry_names_and_sets():
     assert set(PREFERENCE_LOSSES) == {"sigmoid", "ipo", "hinge", "simpo", "orpo", "kto"}
     assert get_preference_loss("sigmoid") is dpo_loss
     assert get_preference_loss("kto") is kto_loss
-    assert UNPAIRED_PREFERENCE_LOSSES.issubset(PREFERENCE_LOSSES)
-    assert REFERENCE_FREE_PREFERENCE_LOSSES.issubset(PREFERENCE_LOSSES)
+    assert {"kto"} == UNPAIRED_PREFERENCE_LOSSES  # registry traits
+    assert {"simpo", "orpo"} == REFERENCE_FREE_PREFERENCE_LOSSES
     with pytest.raises(ValueError, match=r"algorithm\.preference_loss 'dpo2'.*sigmoid"):
         get_preference_loss("dpo2")
 

@@ -2,7 +2,8 @@
 
 Every estimator is `fn(data: AdvantageInput, cfg: AlgorithmConfig) -> (advantages, returns)`, both
 [N, T], exactly 0 outside the completion mask and never NaN. A NaN outcome reward means "no
-opinion": the sample is left out of every baseline and statistic and its advantage is 0.
+opinion": the sample is left out of every baseline and statistic and its advantage is 0 (on-policy
+distillation's `reverse_kl`, in `distillation.py`, still gives it the teacher's signal).
 """
 
 from __future__ import annotations

@@ -43,18 +43,21 @@ def reverse_kl_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[T
     2402.03300, section 4.1.2; divided by the group std when `cfg.norm_adv_by_std`), 0 for samples
     without a reward (NaN: no reward function) or in groups without signal. log π_old is the
     policy's log-prob before this step's update (`data.logprobs`). Returns = advantages.
+
+    Unlike the reward-only estimators, a sample without a reward still gets the teacher's signal.
+    Without a teacher (no `teacher_logprobs`; validation requires `teacher.path` for this
+    estimator) only the task part remains.
     """
-    if data.teacher_logprobs is None or data.logprobs is None:
-        raise ValueError(
-            "algorithm.advantage=reverse_kl needs the teacher's and the policy's log-probs of the "
-            "sampled tokens: set teacher.path to the teacher model"
-        )
-    mask = data.mask.to(data.logprobs.dtype)
-    rewards = cfg.distill_coef * torch.where(mask.bool(), data.teacher_logprobs - data.logprobs, 0.0)
+    if (data.teacher_logprobs is None) != (data.logprobs is None):
+        raise ValueError("reverse_kl needs both the teacher's and the policy's log-probs of the samples")
+    stats = group_stats(data.rewards, data.group_ids)
+    mask = data.mask.to(stats.centered.dtype)
+    rewards = torch.zeros_like(mask)
+    if data.teacher_logprobs is not None:
+        rewards = cfg.distill_coef * torch.where(mask.bool(), data.teacher_logprobs - data.logprobs, 0.0)
     if data.token_rewards is not None:  # e.g. a KL penalty to the reference (algorithm.kl.in_reward)
         rewards = rewards + torch.where(mask.bool(), data.token_rewards, 0.0)
     distill = discounted_cumsum(rewards, cfg.gamma) * mask
-    stats = group_stats(data.rewards, data.group_ids)
     task = stats.centered
     if cfg.norm_adv_by_std:
         task = task / torch.where(stats.std > 0, stats.std + GROUP_STD_EPS, 1.0)
