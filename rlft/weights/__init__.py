@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+from rlft.registry import NoTraits, Registry
 from rlft.weights.buckets import BucketSpec, TensorSlot, copy_into, pack, plan_buckets, unpack
 from rlft.weights.collective import CollectiveReceiver, CollectiveSender, CollectiveTransport
 from rlft.weights.cuda_ipc import BucketExporter, BucketPayload, CudaIpcTransport, load_bucket
@@ -26,24 +27,35 @@ from rlft.weights.group import WeightGroupSpec
 from rlft.weights.object_store import ObjectStoreTransport, WeightUpdate
 from rlft.weights.transport import Transport
 
-TRANSPORTS = ("object_store", "collective", "cuda_ipc")
+TRANSPORTS: Registry[NoTraits] = Registry("weights.transport", by_path=False)
+"""Transport factories by ``weights.transport`` name: ``fn(bucket_mb, local) -> Transport``."""
 
 log = logging.getLogger(__name__)
 
 
-def make_transport(name: str, bucket_mb: float = 512, local: bool = False) -> Transport:
-    """The transport named by ``weights.transport``. In local mode (one process) ``collective``
-    cannot work, so it is replaced by ``cuda_ipc``, which there hands the buckets over in-process."""
-    if name == "object_store":
-        return ObjectStoreTransport(bucket_mb)
-    if name == "collective" and local:
+@TRANSPORTS.register("object_store")
+def _object_store(bucket_mb: float, local: bool) -> Transport:
+    return ObjectStoreTransport(bucket_mb)
+
+
+@TRANSPORTS.register("collective")
+def _collective(bucket_mb: float, local: bool) -> Transport:
+    """In local mode (one process) a collective cannot work: the in-process bucket hand-over of
+    ``cuda_ipc`` instead."""
+    if local:
         log.warning("weights.transport=collective needs cluster.mode=ray; using in-process buckets")
         return CudaIpcTransport(bucket_mb)
-    if name == "collective":
-        return CollectiveTransport(bucket_mb)
-    if name == "cuda_ipc":
-        return CudaIpcTransport(bucket_mb)
-    raise ValueError(f"weights.transport={name!r} is not one of {TRANSPORTS}")
+    return CollectiveTransport(bucket_mb)
+
+
+@TRANSPORTS.register("cuda_ipc")
+def _cuda_ipc(bucket_mb: float, local: bool) -> Transport:
+    return CudaIpcTransport(bucket_mb)
+
+
+def make_transport(name: str, bucket_mb: float = 512, local: bool = False) -> Transport:
+    """The transport named by ``weights.transport`` (``local``: cluster.mode=local)."""
+    return TRANSPORTS.lookup(name)(bucket_mb, local)
 
 
 __all__ = [
