@@ -11,7 +11,7 @@ import torch
 from rlft.attention import use_varlen_attention
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig
 from rlft.data.preference import PreferencePair
-from rlft.learner.batch import Sample, collate, pack, plan_micro_batches
+from rlft.learner.batch import Sample, collate, pack_rows, plan_micro_batches
 from rlft.learner.learner import Learner
 from rlft.learner.preference import PreferenceLearner
 from rlft.modeling import causal_lm_logprobs, load_model
@@ -56,14 +56,14 @@ def test_token_budget_micro_batches_cover_every_row_once_within_budget(packed: b
 
 def test_pack_restarts_positions_and_unpacks_to_the_padded_layout() -> None:
     batch = collate([Sample([1, 2], [3, 4, 5], [0.0] * 3, 0.0, 0, 0), Sample([6], [7], [0.0], 0.0, 1, 0)], 0)
-    packed = pack(batch)
+    packed = pack_rows(batch)
     assert packed.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1]]
     assert packed.completion_mask.tolist() == [[0, 0, 1, 1, 1, 0, 1]]
     assert packed.cu_seq_lens.tolist() == [0, 5, 7] and packed.max_length == 5
     assert torch.equal(packed.unpack(packed.input_ids), batch.input_ids * batch.attention_mask)
     with pytest.raises(ValueError, match="non-empty prompt"):
-        pack(collate([Sample([], [3, 4], [0.0] * 2, 0.0, 0, 0)], 0))
+        pack_rows(collate([Sample([], [3, 4], [0.0] * 2, 0.0, 0, 0)], 0))
 
 
 # --- equality with padded batches ------------------------------------------------------------------
@@ -84,7 +84,7 @@ def test_packed_rows_give_the_padded_logprobs_and_attention_does_not_cross_sampl
         model, batch.input_ids, batch.completion_mask, attention_mask=batch.attention_mask, chunk_tokens=16
     )
     padded_grads = torch.autograd.grad((padded * padded.detach().exp()).sum(), list(model.parameters()))
-    packed = pack(batch)
+    packed = pack_rows(batch)
     if attention == "varlen":
         use_varlen_attention(model)
     row, _ = causal_lm_logprobs(

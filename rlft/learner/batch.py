@@ -172,7 +172,7 @@ class Packed:
         return values.new_zeros(self.tokens.shape).masked_scatter(self.tokens, values)
 
 
-def pack(batch: Batch) -> Packed:
+def pack_rows(batch: Batch) -> Packed:
     """Pack the right-padded ``batch`` into one row (see :class:`Packed`). Every sample needs a
     prompt token: a completion token's log-probability is read from the position before it, which
     in a packed row would belong to the previous sample."""

@@ -31,7 +31,7 @@ from rlft.algorithms import (
 from rlft.algorithms.objective import LossCounts, ObjectiveInput, as_float, rl_objective
 from rlft.attention import use_varlen_attention, wants_varlen_attention
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, SamplingConfig, TeacherConfig
-from rlft.learner.batch import Batch, Sample, collate, pack, plan_micro_batches
+from rlft.learner.batch import Batch, Sample, collate, pack_rows, plan_micro_batches
 from rlft.learner.distributed import DataParallel, RendezvousSpec, Shard, open_rendezvous
 from rlft.learner.optim import autocast, build_optimizer, build_scheduler
 from rlft.modeling import (
@@ -336,7 +336,7 @@ class Learner:
                 return causal_lm_logprobs(
                     model, mb.input_ids, mb.completion_mask, attention_mask=mb.attention_mask, **options
                 )
-            packed = pack(mb)
+            packed = pack_rows(mb)
             logprobs, entropies = causal_lm_logprobs(
                 model, packed.input_ids, packed.completion_mask, **packed.forward_kwargs(), **options
             )
