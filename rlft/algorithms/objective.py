@@ -138,5 +138,5 @@ def as_float(stats: dict[str, Tensor]) -> dict[str, float]:
     """The statistics as Python floats (one device sync)."""
     if not stats:
         return {}
-    values = torch.stack([v.detach().float().reshape(()) for v in stats.values()]).tolist()
+    values = torch.stack([v.detach().double().reshape(()) for v in stats.values()]).tolist()
     return dict(zip(stats, values, strict=True))
