@@ -57,6 +57,8 @@ log = logging.getLogger("rlft.sandbox")
 
 SANDBOX_UID = 65534
 """The uid/gid (``nogroup``/``nobody``) the sandboxed process runs as when rlft runs as root."""
+_MALFORMED = (KeyError, AttributeError, TypeError, ValueError, SyntaxError, MemoryError, RecursionError)
+"""What reading an answer that is not one of ours raises."""
 _MAX_MESSAGE = 4 << 20
 """Largest answer (bytes) read from the sandbox; a longer one ends it as crashed."""
 
@@ -155,13 +157,16 @@ class Sandbox:
         try:
             self._start()
             answer = self._exchange({"solution": self.solution, "limits": self.limits.__dict__})
+            if "error" in answer:
+                error = _exception(answer["error"])
+                self.solution_error = f"solution raised {type(error).__name__}: {error}"
+            elif isinstance(names := answer.get("names"), dict):
+                self.names = {k: self._decode(v) for k, v in names.items() if not k.startswith("__")}
+            else:
+                raise SandboxStopped("crashed", "a malformed answer: no names")
         except BaseException:
             self.__exit__()
             raise
-        if "error" in answer:
-            self.solution_error = f"solution raised {answer['error']['type']}: {answer['error']['message']}"
-        else:
-            self.names = {name: self._decode(value) for name, value in answer["names"].items()}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -226,9 +231,9 @@ class Sandbox:
         )
         if "error" in answer:
             raise _exception(answer["error"])
-        if "items" in answer:
-            return [self._decode(item) for item in answer["items"]]
-        return self._decode(answer["value"])
+        if isinstance(items := answer.get("items"), list):
+            return [self._decode(item) for item in items]
+        return self._decode(answer.get("value"))
 
     def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send ``message`` with a fresh id and wait (until the deadline) for the answer with that id."""
@@ -296,13 +301,16 @@ class Sandbox:
             f"cannot pass a {type(value).__name__} into the sandbox (only plain data and its own values)"
         )
 
-    def _decode(self, value: dict[str, Any]) -> Any:
-        if "ref" in value:
-            return Remote(self, int(value["ref"]), str(value.get("type", "object")))
+    def _decode(self, value: Any) -> Any:
+        """An answer's value: a :class:`Remote` for a reference, else the plain data it spells."""
         try:
+            if "ref" in value:
+                return Remote(self, int(value["ref"]), str(value.get("type", "object")))
+            if "float" in value:  # nan and the infinities, which have no literal
+                return float(str(value["float"]))
             return ast.literal_eval(value["lit"])
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as error:
-            raise SandboxStopped("crashed", f"an answer that is not plain data: {error}") from None
+        except _MALFORMED as error:
+            raise SandboxStopped("crashed", f"a malformed answer: {error!r}"[:300]) from None
 
 
 class Remote:
@@ -376,10 +384,11 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _exception(error: dict[str, Any]) -> Exception:
+def _exception(error: Any) -> Exception:
     """The exception to raise here for one the solution raised: the builtin class it derives from."""
     import builtins
 
+    error = error if isinstance(error, dict) else {}
     kind = getattr(builtins, str(error.get("type")), None)
     message = str(error.get("message", ""))
     if isinstance(kind, type) and issubclass(kind, Exception):
@@ -617,6 +626,8 @@ objects = []
 def encode(value):
     if plain(value):
         return {"lit": repr(value)}
+    if type(value) is float:
+        return {"float": repr(value)}
     objects.append(value)
     return {"ref": len(objects) - 1, "type": type(value).__name__}
 
