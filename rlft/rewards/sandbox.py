@@ -56,7 +56,7 @@ Status = Literal["passed", "failed", "timeout", "crashed"]
 log = logging.getLogger("rlft.sandbox")
 
 SANDBOX_UID = 65534
-"""The uid/gid (``nogroup``/``nobody``) the sandboxed process runs as when rlft runs as root."""
+"""The uid and gid (``nobody``, ``nogroup``) the sandboxed process runs as when rlft runs as root."""
 _MALFORMED = (KeyError, AttributeError, TypeError, ValueError, SyntaxError, MemoryError, RecursionError)
 """What reading an answer that is not one of ours raises."""
 _MAX_MESSAGE = 4 << 20
