@@ -255,8 +255,8 @@ def _find_file(spec: str, target: str, search_dirs: Sequence[Path]) -> Path:
             return candidate.resolve()
     raise FileNotFoundError(
         f"reward spec {spec!r}: file {target!r} not found; looked at: {', '.join(map(str, candidates))}. "
-        "Fix the path before ':' (a relative path is tried against the current directory, then against "
-        "rlft's shipped files)."
+        "Fix the path before ':' (relative paths are tried against the current directory, then the "
+        "search directories)."
     )
 
 
