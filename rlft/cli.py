@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0
 
-    from rlft.trainers.online import SetupError
+    from rlft.preflight import SetupError
 
     if cfg.algorithm.kind == "preference":
         from rlft.trainers.preference import train
@@ -278,7 +278,6 @@ def _init(recipe: str, force: bool) -> int:
 def _evaluate(model: str, overrides: list[str], output: str | None) -> int:
     """``rlft eval``: print the metrics as JSON (and write them to ``output``)."""
     from rlft.evaluation import evaluate_checkpoint, evaluate_model
-    from rlft.trainers.online import PROJECT_ROOT
 
     path = Path(model)
     checkpoint = (path / "trainer_state.json").is_file()
@@ -292,9 +291,9 @@ def _evaluate(model: str, overrides: list[str], output: str | None) -> int:
         return 2
     try:
         if checkpoint:
-            metrics = evaluate_checkpoint(path, cfg, [PROJECT_ROOT])
+            metrics = evaluate_checkpoint(path, cfg, [SHIPPED_ROOT])
         else:
-            metrics = evaluate_model(cfg, [PROJECT_ROOT])
+            metrics = evaluate_model(cfg, [SHIPPED_ROOT])
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2

@@ -23,8 +23,8 @@ from rlft.cluster import Cluster
 from rlft.config import RLFTConfig
 from rlft.data.prompts import load_prompt_rows, tokenize_prompts
 from rlft.rewards import RewardManager
+from rlft.rollout.generate import generate
 from rlft.rollout.worker import spawn_rollout_workers
-from rlft.trainers.rollout import generate
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -19,12 +19,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from rlft.shipped import SHIPPED_ROOT
+
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-"""Paths like ``rewards/synthetic.py:fn`` also resolve against the rlft checkout (after the
-current directory)."""
 
 
 @dataclass(frozen=True)
@@ -125,4 +123,4 @@ def _load(spec: str, config_key: str, cwd: Path) -> tuple[Callable, str]:
     with an absolute file path."""
     from rlft.rewards.loader import load_callable
 
-    return load_callable(spec, config_key, search_dirs=[PROJECT_ROOT])
+    return load_callable(spec, config_key, search_dirs=[SHIPPED_ROOT])

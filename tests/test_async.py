@@ -25,9 +25,9 @@ from rlft.config import (
 )
 from rlft.learner.batch import Sample
 from rlft.learner.learner import Learner
+from rlft.rollout.generate import chunk_size, generate
 from rlft.rollout.worker import RolloutWorker
 from rlft.tracking import read_metrics
-from rlft.trainers.rollout import chunk_size, generate
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 from rlft.cli import ConfigError, load_config, main
 from rlft.rewards.loader import load_reward_function
 from rlft.shipped import SHIPPED_ROOT
-from rlft.trainers.online import PROJECT_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_DIRS = ("conf", "recipes", "rewards", "envs")
@@ -29,7 +28,7 @@ def outside(tmp_path, monkeypatch) -> Path:
 def test_recipe_and_reward_resolve_outside_the_checkout(outside):
     cfg = load_config(["recipe=grpo_gsm8k"])
     assert cfg.reward.functions == ["rewards/gsm8k.py:gsm8k"]
-    fn = load_reward_function(cfg.reward.functions[0], search_dirs=[PROJECT_ROOT])
+    fn = load_reward_function(cfg.reward.functions[0], search_dirs=[SHIPPED_ROOT])
     assert Path(fn.source.rpartition(":")[0]) == (REPO / "rewards" / "gsm8k.py").resolve()
     assert fn(["q"], ["so the answer is 42"], {"answer": ["#### 42"]}) == [1.0]
 
@@ -37,7 +36,7 @@ def test_recipe_and_reward_resolve_outside_the_checkout(outside):
 def test_users_files_win_over_the_shipped_ones(outside):
     (outside / "rewards").mkdir()
     (outside / "rewards" / "gsm8k.py").write_text("def gsm8k(prompt, completion):\n    return 0.25\n")
-    fn = load_reward_function("rewards/gsm8k.py:gsm8k", search_dirs=[PROJECT_ROOT])
+    fn = load_reward_function("rewards/gsm8k.py:gsm8k", search_dirs=[SHIPPED_ROOT])
     assert fn(["q"], ["42"], {}) == [0.25]
     (outside / "recipes").mkdir()
     shipped = (SHIPPED_ROOT / "recipes" / "quickstart.yaml").read_text()
@@ -50,7 +49,7 @@ def test_users_files_win_over_the_shipped_ones(outside):
 
 def test_missing_files_name_both_places_looked(outside):
     with pytest.raises(FileNotFoundError) as err:
-        load_reward_function("rewards/nope.py:f", search_dirs=[PROJECT_ROOT])
+        load_reward_function("rewards/nope.py:f", search_dirs=[SHIPPED_ROOT])
     assert str(outside / "rewards" / "nope.py") in str(err.value)
     assert str(SHIPPED_ROOT / "rewards" / "nope.py") in str(err.value)
     with pytest.raises(ConfigError) as err:

@@ -23,6 +23,7 @@ from rlft.evaluation import Evaluator
 from rlft.learner.group import LearnerGroup
 from rlft.learner.learner import Learner
 from rlft.modeling import load_tokenizer
+from rlft.preflight import SetupError, check_resources, resource_demand
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
@@ -31,10 +32,6 @@ from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
 from rlft.weights import make_transport
-
-PROJECT_ROOT = SHIPPED_ROOT
-"""Relative paths like ``rewards/synthetic.py:fn`` resolve against the current directory, then here
-(rlft's shipped ``rewards/`` and ``envs/``, in a checkout or an installed wheel)."""
 
 log = logging.getLogger("rlft.trainer")
 
@@ -143,10 +140,6 @@ def _on_workers(cluster: Cluster, workers: list[Any], method: str, enabled: bool
         cluster.get([getattr(w, method).remote() for w in workers])
 
 
-class SetupError(RuntimeError):
-    """Bad input found before any worker started: a path, a column, a reward function."""
-
-
 @dataclass
 class _Inputs:
     """What the run reads before any actor starts."""
@@ -165,9 +158,9 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
         sampler = PromptSampler(cfg.data, cfg.trainer.seed, tokenizer, cfg.model.max_prompt_tokens)
         rewards = None
         if cfg.reward.functions:
-            rewards = RewardManager.from_config(cfg.reward, search_dirs=[PROJECT_ROOT])
+            rewards = RewardManager.from_config(cfg.reward, search_dirs=[SHIPPED_ROOT])
             rewards.check_columns(c for c in sampler.columns if c != cfg.data.prompt_column)
-        evaluator = Evaluator(cfg, tokenizer, [PROJECT_ROOT]) if cfg.eval.every_steps else None
+        evaluator = Evaluator(cfg, tokenizer, [SHIPPED_ROOT]) if cfg.eval.every_steps else None
         resume_from = checkpoint.checkpoint_to_resume(cfg.trainer.resume, run_dir)
         return _Inputs(sampler, rewards, tokenizer, evaluator, resume_from)
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
@@ -201,52 +194,6 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list
         sharded=lc.strategy == "fsdp2",
     )
     return learner, spawn_rollout_workers(cluster, cfg.model, rc, rollout_gpus)
-
-
-def resource_demand(cfg: RLFTConfig) -> dict[str, tuple[float, float]]:
-    """What the run's actors reserve on Ray: (CPUs, GPUs) for each part, keyed by the config keys
-    that set them. With ``cluster.colocate`` the placement group holds the learners and rollout
-    workers (their CPUs summed, the learners' GPUs); the reward-model actor is outside it. A
-    preference run (``algorithm.kind=preference``) starts the learners only."""
-    lc, rc, rm = cfg.learner, cfg.rollout, cfg.reward.model
-    learners = (lc.num_workers * lc.num_cpus_per_worker, lc.num_workers * lc.num_gpus_per_worker)
-    if cfg.algorithm.kind == "preference":
-        return {"learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": learners}
-    if cfg.cluster.colocate:
-        demand = {
-            "the placement group of cluster.colocate=true (learner.num_cpus_per_worker + "
-            "rollout.num_cpus_per_worker, learner.num_gpus_per_worker, per learner)": (
-                lc.num_workers * (lc.num_cpus_per_worker + rc.num_cpus_per_worker),
-                lc.num_workers * lc.num_gpus_per_worker,
-            )
-        }
-    else:
-        demand = {
-            "learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": learners,
-            "rollout workers (rollout.num_cpus_per_worker, rollout.num_gpus_per_worker)": (
-                rc.num_workers * rc.num_cpus_per_worker,
-                rc.num_workers * rc.num_gpus_per_worker,
-            ),
-        }
-    if rm.path is not None:
-        demand["the reward model (reward.model.num_cpus, reward.model.num_gpus)"] = (rm.num_cpus, rm.num_gpus)
-    return demand
-
-
-def check_resources(demand: dict[str, tuple[float, float]], total: dict[str, float]) -> None:
-    """Raise a SetupError, before any actor starts, if ``demand`` (:func:`resource_demand`) needs
-    more CPUs or GPUs than the Ray instance has in ``total``: Ray would wait for them forever."""
-    for index, resource in enumerate(("CPU", "GPU")):
-        parts = {name: amounts[index] for name, amounts in demand.items() if amounts[index] > 0}
-        need, have = sum(parts.values()), total.get(resource, 0.0)
-        if need > have + 1e-9:
-            listed = "; ".join(f"{amount:g} for {name}" for name, amount in parts.items())
-            # Ray's CPU count is a number to reserve from, not the cores: it may exceed them.
-            more = f" or raise cluster.num_cpus to {need:g}" if resource == "CPU" else ""
-            raise SetupError(
-                f"the actors reserve {need:g} {resource}s but Ray has {have:g}, so it would wait for "
-                f"them forever: {listed}. Lower those keys (fractions such as 0.5 are fine){more}"
-            )
 
 
 def _start_reward_model(cluster: Cluster, cfg: RLFTConfig) -> Any | None:

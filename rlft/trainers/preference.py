@@ -27,9 +27,9 @@ from rlft.data.preference import (
 from rlft.learner.group import LearnerGroup
 from rlft.learner.preference import Logps, PreferenceLearner
 from rlft.modeling import load_tokenizer
+from rlft.preflight import SetupError, check_resources, resource_demand
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
-from rlft.trainers.online import SetupError, check_resources, resource_demand
 
 
 def train(cfg: RLFTConfig) -> Path:
