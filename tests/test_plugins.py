@@ -157,7 +157,7 @@ def test_a_loss_from_a_user_file_trains_the_quickstart(
     path = _write(tmp_path, "my_loss.py", _readme_example())
     out = tmp_path / "run"
     args = quickstart_args(
-        out, "cluster.mode=local", "trainer.max_steps=120", f"algorithm.policy_loss={path}:thresholded_pg"
+        out, "cluster.mode=local", "trainer.max_steps=150", f"algorithm.policy_loss={path}:thresholded_pg"
     )
     assert main(args) == 0
     metrics = read_metrics(out / "metrics.jsonl")
