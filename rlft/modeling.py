@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -47,6 +48,21 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn
         resolve_model_path(cfg.path), dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
     )
     return model.to(device)
+
+
+def load_teacher(
+    model_cfg: ModelConfig, path: str, device: str | torch.device, student: torch.nn.Module
+) -> torch.nn.Module:
+    """The frozen teacher model at ``path`` (``model``'s dtype and options, no LoRA), checked to
+    score the student's tokens: its vocabulary must cover the student's."""
+    teacher = load_model(replace(model_cfg, path=path), device).eval().requires_grad_(False)
+    have, need = teacher.get_output_embeddings().out_features, student.get_output_embeddings().out_features
+    if have < need:
+        raise ValueError(
+            f"teacher.path={path} has {have} output tokens, fewer than the student's {need}: the "
+            "teacher must share the student's tokenizer and vocabulary"
+        )
+    return teacher
 
 
 def load_policy(cfg: ModelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -41,6 +41,7 @@ from rlft.modeling import (
     enable_gradient_checkpointing,
     load_model,
     load_policy,
+    load_teacher,
     load_tokenizer,
     load_value_model,
     token_values,
@@ -499,21 +500,6 @@ class Learner:
     def export_weight_bucket(self, index: int, num_receivers: int) -> list[BucketPayload]:
         """CUDA IPC transport: pack bucket ``index``; one handle (or, on the CPU, copy) per receiver."""
         return self._bucket_exporter.export(index, self.policy_version, num_receivers)
-
-
-def load_teacher(
-    model_cfg: ModelConfig, path: str, device: str | torch.device, student: torch.nn.Module
-) -> torch.nn.Module:
-    """The frozen teacher model at ``path`` (``model``'s dtype and options, no LoRA), checked to
-    score the student's tokens: its vocabulary must cover the student's."""
-    teacher = load_model(replace(model_cfg, path=path), device).eval().requires_grad_(False)
-    have, need = teacher.get_output_embeddings().out_features, student.get_output_embeddings().out_features
-    if have < need:
-        raise ValueError(
-            f"teacher.path={path} has {have} output tokens, fewer than the student's {need}: the "
-            "teacher must share the student's tokenizer and vocabulary"
-        )
-    return teacher
 
 
 def _read_weights(model: torch.nn.Module, directory: Path) -> dict[str, torch.Tensor]:
