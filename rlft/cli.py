@@ -154,11 +154,21 @@ def main(argv: list[str] | None = None) -> int:
         from rlft.trainers.preference import train
     else:
         from rlft.trainers.online import train
+    from rlft.trainers.run_status import mark_ended
+
+    run_dir = Path(cfg.trainer.output_dir)
     try:
-        run_dir = train(cfg)
+        train(cfg)
     except SetupError as err:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        mark_ended(run_dir, "interrupted")
+        raise
+    except BaseException as err:
+        mark_ended(run_dir, "crashed", f"{type(err).__name__}: {err}")
+        raise
+    mark_ended(run_dir, "finished")
     print(f"run directory: {run_dir}")
     return 0
 
