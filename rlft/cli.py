@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         from rlft.trainers.preference import train
     else:
         from rlft.trainers.online import train
-    from rlft.trainers.run_status import mark_ended
+    from rlft.trainers.run_status import mark_ended, set_command
 
+    set_command(["train", *args.overrides])
     run_dir = Path(cfg.trainer.output_dir)
     try:
         train(cfg)

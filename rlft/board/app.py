@@ -171,7 +171,9 @@ def _runs_callbacks(app: dash.Dash, root: RunsRoot) -> None:
         State("runs-table", "selected_rows"),
         prevent_initial_call=True,
     )
-    def open_selected(_: Any, __: Any, data: list[dict], selected: list[int]) -> Any:
+    def open_selected(curves: Any, inspect: Any, data: list[dict], selected: list[int]) -> Any:
+        if not (curves or inspect):  # the buttons were just drawn
+            return dash.no_update
         names = [data[i]["name"] for i in selected or [] if i < len(data)]
         if dash.ctx.triggered_id == "to-curves":
             return "/curves?" + urlencode({"runs": ",".join(names)})

@@ -75,7 +75,7 @@ def curves_figure(
             px, py = zip(*points, strict=True)
             if smoothing > 0:
                 fig.add_trace(
-                    go.Scattergl(
+                    go.Scatter(
                         x=px,
                         y=py,
                         mode="lines",
@@ -90,7 +90,7 @@ def curves_figure(
                 )
                 py = smooth(py, smoothing)
             fig.add_trace(
-                go.Scattergl(
+                go.Scatter(
                     x=px,
                     y=py,
                     mode="lines",

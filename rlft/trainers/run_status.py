@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
+_command: list[str] | None = None
+
+
+def set_command(argv: list[str]) -> None:
+    """The command line to record for runs this process starts (default: ``sys.argv[1:]``)."""
+    global _command
+    _command = list(argv)
 
 
 def mark_running(run_dir: Path) -> None:
@@ -25,7 +32,7 @@ def mark_running(run_dir: Path) -> None:
         "state": "running",
         "pid": os.getpid(),
         "host": socket.gethostname(),
-        "argv": sys.argv[1:],
+        "argv": sys.argv[1:] if _command is None else _command,
         "started": time.time(),
     }
     _write(run_dir, status)
