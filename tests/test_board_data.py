@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from rlft.board.runs import HEARTBEAT_S, MetricsFile, RunReader, SamplesFile, run_state
-from rlft.cli import main
 from rlft.trainers.run_status import STATUS_FILE
 
 
@@ -92,22 +91,12 @@ def test_run_state_from_status_file_lock_file_and_heartbeat(tmp_path: Path) -> N
     assert run_state(run, 3, 10)[0] == "stopped"
 
 
-@pytest.fixture(scope="module")
-def token_stats_run(tmp_path_factory: pytest.TempPathFactory, quickstart_args) -> Path:
-    """A 2-step quickstart run recording token statistics of every sample (2 groups of 4)."""
-    out = tmp_path_factory.mktemp("token_stats") / "run"
-    overrides = ("cluster.mode=local", "trainer.max_steps=2", "tracking.token_stats=true")
-    shape = ("algorithm.group_size=4", "data.global_prompts_per_step=2", "tracking.samples_per_step=8")
-    assert main(quickstart_args(out, *overrides, *shape)) == 0
-    return out
-
-
 def test_token_stats_hold_sampler_and_learner_logprobs_entropy_and_grpo_advantages(
     token_stats_run: Path,
 ) -> None:
     rows = [json.loads(line) for line in (token_stats_run / "samples.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1] * 8 + [2] * 8
-    for step in (1, 2):
+    assert [r["step"] for r in rows] == [1] * 8 + [2] * 8 + [3] * 8
+    for step in (1, 2, 3):
         for group in (0, 1):
             members = [r for r in rows if r["step"] == step and r["group"] == group]
             assert [r["index"] for r in members] == [4 * group + j for j in range(4)]
@@ -131,8 +120,8 @@ def test_token_stats_hold_sampler_and_learner_logprobs_entropy_and_grpo_advantag
     summary = RunReader(token_stats_run, "run").summary()
     assert (summary.status, summary.steps, summary.max_steps, summary.recipe) == (
         "finished",
-        2,
-        2,
+        3,
+        3,
         "quickstart",
     )
 
