@@ -2,8 +2,7 @@
 chromium-driver): the runs table over a finished tiny run, its curves, the inspector's coloured
 tokens, a typo'd form value showing the CLI's error, and a 3-step run launched from the form.
 
-Every test also checks that the page fetched nothing but the board's own server. With
-``RLFT_BOARD_SCREENSHOTS=<dir>`` the tests save a screenshot of each page there (docs/board_*.png).
+Every test also checks that the page fetched nothing but the board's own server.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1100,760",
 )
 WAIT_S = 90  # pages render slowly on a loaded 2-core machine
-SCREENSHOTS = os.environ.get("RLFT_BOARD_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +98,6 @@ def wait(browser: Any, condition: Callable[[Any], Any], timeout: float = WAIT_S)
     return WebDriverWait(browser, timeout, poll_frequency=0.25).until(condition)
 
 
-def screenshot(browser: Any, name: str) -> None:
-    if SCREENSHOTS:
-        from PIL import Image
-
-        path = Path(SCREENSHOTS) / f"board_{name}.png"
-        browser.save_screenshot(str(path))
-        Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)
-
-
 def table_rows(browser: Any) -> dict[str, dict[str, str]]:
     """The runs table: run name -> {column id: text}."""
     rows = {}
@@ -127,7 +116,6 @@ def test_runs_table_shows_the_finished_run(page: Callable[[str], Any], token_sta
     best = max(m["reward/mean"] for m in metrics)
     assert (row["recipe"], row["algorithm"], row["steps"]) == ("quickstart", "grpo", "3/3")
     assert float(row["best_reward"]) == pytest.approx(best, rel=1e-3)
-    screenshot(browser, "runs")
 
 
 def test_curves_of_the_run(page: Callable[[str], Any], token_stats_run: Path) -> None:
@@ -145,7 +133,6 @@ def test_curves_of_the_run(page: Callable[[str], Any], token_stats_run: Path) ->
     )
     parts = wait(browser, lambda b: b.execute_script(timing))
     assert {"rollout", "reward", "train"} <= set(parts[0])
-    screenshot(browser, "curves")
 
 
 def test_inspector_colours_each_token(page: Callable[[str], Any], token_stats_run: Path) -> None:
@@ -161,7 +148,6 @@ def test_inspector_colours_each_token(page: Callable[[str], Any], token_stats_ru
     assert "learner_logprob" in title and "advantage" in title
     facts = browser.find_element(By.CSS_SELECTOR, ".sample-facts").text
     assert "group 0" in facts and "repeat_char" in facts
-    screenshot(browser, "inspector")
 
 
 def _form_input(browser: Any, key: str) -> Any:
@@ -185,7 +171,12 @@ def test_a_typo_in_the_form_shows_the_cli_error(
     browser.find_element(By.ID, "launch-check").click()
     wait(browser, lambda b: "config error" in b.find_element(By.ID, "launch-error").text)
     assert cli_error in browser.find_element(By.ID, "launch-error").text
-    screenshot(browser, "launch")
+    inline = browser.execute_script(
+        "return [...document.querySelectorAll('pre.field-error')].filter(e => e.textContent)"
+        ".map(e => [JSON.parse(e.id).key, e.textContent])"
+    )
+    assert [key for key, _ in inline] == ["trainer.max_steps"]  # under the field it names only
+    assert cli_error in inline[0][1]
 
 
 @pytest.mark.slow  # a real 3-step run: about a minute on 2 cores

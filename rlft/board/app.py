@@ -227,6 +227,7 @@ def _curves_page(root: RunsRoot, runs: list[str]) -> Any:
             html.H4("Time per step"),
             html.Div(id="curves-timing"),
             dcc.Interval(id="curves-refresh", interval=REFRESH_MS),
+            dcc.Store(id="curves-drawn"),
         ]
     )
 
@@ -246,21 +247,27 @@ def _curves_callbacks(app: dash.Dash, root: RunsRoot) -> None:
     @app.callback(
         Output("curves-graph", "figure"),
         Output("curves-timing", "children"),
+        Output("curves-drawn", "data"),
         Input("curves-runs", "value"),
         Input("curves-metrics", "value"),
         Input("curves-x", "value"),
         Input("curves-smoothing", "value"),
         Input("curves-refresh", "n_intervals"),
+        State("curves-drawn", "data"),
     )
-    def draw(runs: list[str], metrics: list[str], x: str, smoothing: float, _: Any) -> Any:
+    def draw(runs: list[str], metrics: list[str], x: str, smoothing: float, _: Any, drawn: Any) -> Any:
         readers = _readers(root, runs)
         data = {r.name: r.metrics.rows() for r in readers}
+        # A refresh redraws only when a run logged a step since (a long run's figure is large).
+        seen = [[name, len(rows)] for name, rows in data.items()]
+        if dash.ctx.triggered_id == "curves-refresh" and seen == drawn:
+            return dash.no_update, dash.no_update, dash.no_update
         timing = [
             dcc.Graph(figure=plots.timing_figure(name, rows, x), config={"displaylogo": False})
             for name, rows in data.items()
             if any("timing/step_s" in row for row in rows[-1:])
         ]
-        return plots.curves_figure(data, metrics or [], x, smoothing or 0.0), timing
+        return plots.curves_figure(data, metrics or [], x, smoothing or 0.0), timing, seen
 
 
 def _readers(root: RunsRoot, names: list[str] | None) -> list[RunReader]:
@@ -534,17 +541,31 @@ def _field_row(field: schema.Field) -> Any:
                 htmlFor=field.key,
                 style={"width": "42%", "fontFamily": "monospace", "fontSize": "13px"},
             ),
-            dcc.Input(
-                id={"type": "field", "key": field.key},
-                name=field.key,
-                value=field.value,
-                debounce=True,
+            html.Div(
+                [
+                    dcc.Input(
+                        id={"type": "field", "key": field.key},
+                        name=field.key,
+                        value=field.value,
+                        style={"width": "100%"},
+                    ),
+                    html.Pre(
+                        id={"type": "field-error", "key": field.key},
+                        className="field-error",
+                        style={"color": "#b00", "whiteSpace": "pre-wrap", "margin": "0"},
+                    ),
+                ],
                 style={"width": "56%"},
             ),
         ],
         style={"display": "flex", "margin": "2px 0"},
         title=field.doc,
     )
+
+
+def _names_key(message: str, key: str) -> bool:
+    """Whether ``message`` names the config key ``key`` (not just a longer key it starts)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", message) is not None
 
 
 def _launch_callbacks(app: dash.Dash, root: RunsRoot, launcher: Launcher, runs_dir: Path) -> None:
@@ -581,6 +602,7 @@ def _launch_callbacks(app: dash.Dash, root: RunsRoot, launcher: Launcher, runs_d
     @app.callback(
         Output("launch-error", "children"),
         Output("launch-run", "data"),
+        Output({"type": "field-error", "key": ALL}, "children"),
         Input("launch-check", "n_clicks"),
         Input("launch-start", "n_clicks"),
         State("launch-recipe", "value"),
@@ -601,21 +623,23 @@ def _launch_callbacks(app: dash.Dash, root: RunsRoot, launcher: Launcher, runs_d
         extra: str,
         current: str | None,
     ) -> Any:
+        clear = [""] * len(ids)
         name = (name or "").strip()
         if not name or "/" in name or name.startswith("."):
-            return "give the run a name (a folder name under the board's runs folder)", current
+            return "give the run a name (a folder name under the board's runs folder)", current, clear
         args = args_of(recipe, name, values, ids, extra)
         error = schema.check(args)
         command = "rlft train " + " ".join(args)
-        if error:
-            return f"{command}\n{error}", current
+        if error:  # in full below the buttons, and under each field it names
+            named = [error if _names_key(error, i["key"]) else "" for i in ids]
+            return f"{command}\n{error}", current, named
         if dash.ctx.triggered_id == "launch-check":
-            return f"{command}\nok: the config is valid", current
+            return f"{command}\nok: the config is valid", current, clear
         run_dir = runs_dir / name
         if launcher.running(run_dir):
-            return f"{name} is already running", current
+            return f"{name} is already running", current, clear
         launcher.start(run_dir, args)
-        return f"{command}\nstarted", name
+        return f"{command}\nstarted", name, clear
 
     @app.callback(
         Output("launch-status", "children"),
