@@ -99,3 +99,30 @@ def test_rlft_plot_writes_the_boards_figure(tmp_path: Path, capsys: pytest.Captu
     assert main(["plot", str(run), "--metrics", "nope", "--out", str(out)]) == 2
     assert "no run logged ['nope']" in capsys.readouterr().err
     assert main(["plot", str(run), "--timing", "--out", str(tmp_path / "t.html")]) == 0
+
+
+def test_an_episode_is_shown_message_by_message_with_its_tool_calls() -> None:
+    from rlft.board.app import _sample_card
+
+    row = {
+        "step": 3,
+        "reward": 1.0,
+        "num_turns": 2,
+        "turn_rewards": [0.0, None],
+        "messages": [
+            {"role": "user", "content": "Guess my digit"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "guess", "arguments": '{"digit": 4}'}}
+                ],
+            },
+            {"role": "tool", "name": "guess", "content": "higher"},
+            {"role": "assistant", "content": [{"type": "text", "text": "7"}]},
+        ],
+    }
+    card = json.dumps(_sample_card(row, "advantage").to_plotly_json(), default=lambda c: c.to_plotly_json())
+    assert [f"role-{r}" in card for r in ("user", "assistant", "tool")] == [True] * 3
+    assert 'guess({\\"digit\\": 4})' in card and "higher" in card and "2 turns" in card
+    assert "turn rewards 0, -" in card

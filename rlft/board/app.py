@@ -133,7 +133,7 @@ def _runs_page() -> Any:
 
 
 def _format(value: float | None, digits: int = 4) -> str:
-    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
 def _runs_callbacks(app: dash.Dash, root: RunsRoot) -> None:
@@ -368,8 +368,11 @@ def _sample_card(row: dict[str, Any], colour_by: str) -> Any:
         f"sample {row['index']}" if "index" in row else None,
         f"reward {_format(row.get('reward'))}",
         *(f"{name} {_format(value)}" for name, value in scores.items()),
+        f"{row['num_turns']} turns" if "num_turns" in row else None,
+        "turn rewards " + ", ".join(map(_format, row["turn_rewards"])) if row.get("turn_rewards") else None,
         row.get("finish_reason"),
         f"policy v{row['policy_version']}" if "policy_version" in row else None,
+        f"error: {row['error']}" if row.get("error") else None,
     ]
     header = html.Div("  ·  ".join(f for f in facts if f), className="sample-facts", style={"color": "#444"})
     if row.get("messages"):
