@@ -181,6 +181,7 @@ def measure(args: argparse.Namespace) -> None:
         for name, (path, ready) in PAGES.items():
             url = base + path.format(run="big", step=args.steps // 2)
             results[name] = [timed_load(driver, url, ready) for _ in range(args.repeats)]
+            print(name, [round(t, 2) for t in results[name]], flush=True)
     finally:
         driver.quit()
         server.shutdown()

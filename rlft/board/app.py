@@ -227,7 +227,7 @@ def _curves_page(root: RunsRoot, runs: list[str]) -> Any:
             html.H4("Time per step"),
             html.Div(id="curves-timing"),
             dcc.Interval(id="curves-refresh", interval=REFRESH_MS),
-            dcc.Store(id="curves-drawn"),
+            dcc.Store(id="curves-logged"),
         ]
     )
 
@@ -245,29 +245,33 @@ def _curves_callbacks(app: dash.Dash, root: RunsRoot) -> None:
         return names, chosen
 
     @app.callback(
+        Output("curves-logged", "data"),
+        Input("curves-runs", "value"),
+        Input("curves-refresh", "n_intervals"),
+        State("curves-logged", "data"),
+    )
+    def logged(runs: list[str], _: Any, before: Any) -> Any:
+        """How many steps each run has logged; changes (and so redraws) only when a run logs one:
+        a long run's figure is large, and a redraw slower than the refresh must not pile up."""
+        now = [[r.name, len(r.metrics.rows())] for r in _readers(root, runs)]
+        return dash.no_update if now == before else now
+
+    @app.callback(
         Output("curves-graph", "figure"),
         Output("curves-timing", "children"),
-        Output("curves-drawn", "data"),
-        Input("curves-runs", "value"),
+        Input("curves-logged", "data"),
         Input("curves-metrics", "value"),
         Input("curves-x", "value"),
         Input("curves-smoothing", "value"),
-        Input("curves-refresh", "n_intervals"),
-        State("curves-drawn", "data"),
     )
-    def draw(runs: list[str], metrics: list[str], x: str, smoothing: float, _: Any, drawn: Any) -> Any:
-        readers = _readers(root, runs)
-        data = {r.name: r.metrics.rows() for r in readers}
-        # A refresh redraws only when a run logged a step since (a long run's figure is large).
-        seen = [[name, len(rows)] for name, rows in data.items()]
-        if dash.ctx.triggered_id == "curves-refresh" and seen == drawn:
-            return dash.no_update, dash.no_update, dash.no_update
+    def draw(logged: Any, metrics: list[str], x: str, smoothing: float) -> Any:
+        data = {r.name: r.metrics.rows() for r in _readers(root, [name for name, _ in logged or []])}
         timing = [
             dcc.Graph(figure=plots.timing_figure(name, rows, x), config={"displaylogo": False})
             for name, rows in data.items()
             if any("timing/step_s" in row for row in rows[-1:])
         ]
-        return plots.curves_figure(data, metrics or [], x, smoothing or 0.0), timing, seen
+        return plots.curves_figure(data, metrics or [], x, smoothing or 0.0), timing
 
 
 def _readers(root: RunsRoot, names: list[str] | None) -> list[RunReader]:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import DEFAULT_PLOTLY_COLORS, sample_colorscale
 from plotly.subplots import make_subplots
@@ -72,7 +73,8 @@ def curves_figure(
             points = [(xv, v) for xv, v in points if isinstance(v, (int, float))]
             if not points:
                 continue
-            px, py = zip(*points, strict=True)
+            # numpy arrays: plotly validates them at once instead of value by value (10k steps: ~10x)
+            px, py = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
             if smoothing > 0:
                 fig.add_trace(
                     go.Scatter(
@@ -88,7 +90,7 @@ def curves_figure(
                     row=panel,
                     col=1,
                 )
-                py = smooth(py, smoothing)
+                py = np.asarray([np.nan if v is None else v for v in smooth(py.tolist(), smoothing)])
             fig.add_trace(
                 go.Scatter(
                     x=px,
@@ -131,12 +133,12 @@ def timing_parts(row: dict[str, Any]) -> dict[str, float]:
 
 def timing_figure(name: str, rows: list[dict[str, Any]], x: str = "step") -> go.Figure:
     """The stacked seconds of each step's parts (:func:`timing_parts`) over the run."""
-    xs = x_values(rows, x)
+    xs = np.asarray(x_values(rows, x), dtype=float)
     split = [timing_parts(row) for row in rows]
     fig = go.Figure()
     for part in [*(p for p, _ in TIMING_PARTS), "idle"]:
-        ys = [s[part] for s in split]
-        if any(ys):
+        ys = np.asarray([s[part] for s in split], dtype=float)
+        if ys.any():
             fig.add_trace(
                 go.Scatter(x=xs, y=ys, name=part, mode="lines", stackgroup="time", line={"width": 0.5})
             )
