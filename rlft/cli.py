@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg)
     except SetupError as err:
+        mark_ended(run_dir, "crashed", str(err))  # if found after the run's folder was written
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -136,3 +136,25 @@ def test_token_stats_bytes_per_step(token_stats_run: Path) -> None:
         tokens += len(row["tokens"])
     print(f"token_stats: +{added / tokens:.1f} bytes per completion token ({tokens} tokens)")
     assert 20 < added / tokens < 80
+
+
+def test_status_file_records_this_process_then_how_the_run_ended(tmp_path: Path) -> None:
+    from rlft.trainers.run_status import mark_ended, mark_running, read_status, set_command
+
+    mark_ended(tmp_path, "finished")  # no status.json: nothing to end (bad input before the run)
+    assert read_status(tmp_path) is None
+    set_command(["train", "recipe=quickstart"])
+    mark_running(tmp_path)
+    status = read_status(tmp_path)
+    assert (status["state"], status["pid"], status["argv"]) == (
+        "running",
+        os.getpid(),
+        ["train", "recipe=quickstart"],
+    )
+    assert run_state(tmp_path, 0, 10)[0] == "running"
+    mark_ended(tmp_path, "interrupted")
+    assert read_status(tmp_path)["state"] == "interrupted"
+    assert run_state(tmp_path, 0, 10)[0] == "interrupted"
+    _status(tmp_path, state="running", pid=os.getpid() + 1)  # another process's run: not ours to end
+    mark_ended(tmp_path, "crashed", "boom")
+    assert read_status(tmp_path)["state"] == "running"
