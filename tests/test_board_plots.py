@@ -126,3 +126,24 @@ def test_an_episode_is_shown_message_by_message_with_its_tool_calls() -> None:
     assert [f"role-{r}" in card for r in ("user", "assistant", "tool")] == [True] * 3
     assert 'guess({\\"digit\\": 4})' in card and "higher" in card and "2 turns" in card
     assert "turn rewards 0, -" in card
+
+
+def test_thinning_keeps_each_stretchs_lowest_and_highest_point() -> None:
+    import numpy as np
+
+    xs = np.arange(1, 10_001, dtype=float)
+    ys = np.zeros(10_000)
+    ys[4321], ys[777] = 5.0, -3.0  # spikes survive
+    out = plots.thin(xs, ys, 200)
+    assert len(out["x"]) <= 200 and list(out["x"]) == sorted(out["x"])
+    assert {4322.0, 778.0} <= set(out["x"]) and out["y"].max() == 5.0 and out["y"].min() == -3.0
+    small = plots.thin(xs[:50], ys[:50], 200)
+    assert list(small["x"]) == list(xs[:50])
+
+
+def test_timing_figure_averages_stretches_of_steps_when_thinned() -> None:
+    rows = [{"step": s, "timing/step_s": float(s % 2 + 1), "timing/train_s": 1.0} for s in range(1, 101)]
+    fig = plots.timing_figure("r", rows, max_points=10)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["train"].x) == [10.0 * k for k in range(1, 11)]
+    assert list(by_name["idle"].y) == pytest.approx([0.5] * 10)  # steps alternate 0 and 1 s idle

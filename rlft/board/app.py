@@ -31,6 +31,9 @@ from rlft.board.launcher import Launcher, tail
 from rlft.board.runs import LOG_FILE, RunReader, RunsRoot
 
 REFRESH_MS = 2000
+MAX_POINTS = 2000
+"""Points per curve sent to the page (lowest and highest of each stretch of steps; a screen is
+narrower than that); ``rlft plot`` draws every step."""
 DEFAULT_METRICS = ["reward/mean", "loss/policy", "kl", "response_len/mean"]
 ROLE_COLOURS = {"system": "#eeeeee", "user": "#e3f0ff", "assistant": "#f3f9e8", "tool": "#fff4dd"}
 STYLE = {
@@ -267,11 +270,12 @@ def _curves_callbacks(app: dash.Dash, root: RunsRoot) -> None:
     def draw(logged: Any, metrics: list[str], x: str, smoothing: float) -> Any:
         data = {r.name: r.metrics.rows() for r in _readers(root, [name for name, _ in logged or []])}
         timing = [
-            dcc.Graph(figure=plots.timing_figure(name, rows, x), config={"displaylogo": False})
+            dcc.Graph(figure=plots.timing_figure(name, rows, x, MAX_POINTS), config={"displaylogo": False})
             for name, rows in data.items()
             if any("timing/step_s" in row for row in rows[-1:])
         ]
-        return plots.curves_figure(data, metrics or [], x, smoothing or 0.0), timing
+        figure = plots.curves_figure(data, metrics or [], x, smoothing or 0.0, max_points=MAX_POINTS)
+        return figure, timing
 
 
 def _readers(root: RunsRoot, names: list[str] | None) -> list[RunReader]:

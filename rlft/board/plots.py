@@ -7,6 +7,7 @@ Imported only where the ``rlft[board]`` extra is installed.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -57,10 +58,15 @@ def x_values(rows: list[dict[str, Any]], x: str) -> list[float]:
 
 
 def curves_figure(
-    runs: dict[str, list[dict[str, Any]]], metrics: list[str], x: str = "step", smoothing: float = 0.0
+    runs: dict[str, list[dict[str, Any]]],
+    metrics: list[str],
+    x: str = "step",
+    smoothing: float = 0.0,
+    max_points: int = 0,
 ) -> go.Figure:
     """One panel per metric, one line per run (the same colour in every panel); with smoothing,
-    the raw values as a faint line under the smoothed one."""
+    the raw values as a faint line under the smoothed one. ``max_points`` > 0 thins each line to
+    about that many points (:func:`thin`; the board's screen-sized view), 0 keeps every step."""
     metrics = metrics or ["reward/mean"]
     fig = make_subplots(
         rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics, vertical_spacing=0.08
@@ -78,8 +84,7 @@ def curves_figure(
             if smoothing > 0:
                 fig.add_trace(
                     go.Scatter(
-                        x=px,
-                        y=py,
+                        **thin(px, py, max_points),
                         mode="lines",
                         line={"color": colour, "width": 1},
                         opacity=0.25,
@@ -93,8 +98,7 @@ def curves_figure(
                 py = np.asarray([np.nan if v is None else v for v in smooth(py.tolist(), smoothing)])
             fig.add_trace(
                 go.Scatter(
-                    x=px,
-                    y=py,
+                    **thin(px, py, max_points),
                     mode="lines",
                     name=name,
                     legendgroup=name,
@@ -114,6 +118,22 @@ def curves_figure(
     return fig
 
 
+def thin(xs: np.ndarray, ys: np.ndarray, max_points: int) -> dict[str, np.ndarray]:
+    """``{"x", "y"}`` with at most about ``max_points`` points: the line is cut into
+    ``max_points / 2`` runs of consecutive points and each keeps its lowest and highest point,
+    so spikes stay visible (0 = keep all)."""
+    if max_points <= 0 or len(xs) <= max_points:
+        return {"x": xs, "y": ys}
+    edges = np.linspace(0, len(xs), max_points // 2 + 1).astype(int)
+    keep = set()
+    for lo, hi in itertools.pairwise(edges):
+        if hi > lo:
+            segment = np.nan_to_num(ys[lo:hi], nan=0.0)
+            keep.update((lo + int(segment.argmin()), lo + int(segment.argmax())))
+    index = np.asarray(sorted(keep))
+    return {"x": xs[index], "y": ys[index]}
+
+
 def timing_parts(row: dict[str, Any]) -> dict[str, float]:
     """A step's time split into rollout, reward, train, sync, eval and idle seconds.
 
@@ -131,13 +151,20 @@ def timing_parts(row: dict[str, Any]) -> dict[str, float]:
     return parts
 
 
-def timing_figure(name: str, rows: list[dict[str, Any]], x: str = "step") -> go.Figure:
-    """The stacked seconds of each step's parts (:func:`timing_parts`) over the run."""
+def timing_figure(name: str, rows: list[dict[str, Any]], x: str = "step", max_points: int = 0) -> go.Figure:
+    """The stacked seconds of each step's parts (:func:`timing_parts`) over the run; with
+    ``max_points`` > 0 and more steps, each point is the mean of a stretch of steps."""
     xs = np.asarray(x_values(rows, x), dtype=float)
     split = [timing_parts(row) for row in rows]
+    edges = None
+    if 0 < max_points < len(rows):
+        edges = np.linspace(0, len(rows), max_points + 1).astype(int)
+        xs = xs[edges[1:] - 1]  # each stretch at its last step
     fig = go.Figure()
     for part in [*(p for p, _ in TIMING_PARTS), "idle"]:
         ys = np.asarray([s[part] for s in split], dtype=float)
+        if edges is not None:
+            ys = np.add.reduceat(ys, edges[:-1]) / np.diff(edges)
         if ys.any():
             fig.add_trace(
                 go.Scatter(x=xs, y=ys, name=part, mode="lines", stackgroup="time", line={"width": 0.5})
