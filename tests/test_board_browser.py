@@ -121,8 +121,9 @@ def test_runs_table_shows_the_finished_run(page: Callable[[str], Any], token_sta
 def test_curves_of_the_run(page: Callable[[str], Any], token_stats_run: Path) -> None:
     browser = page("/curves?runs=tiny")
     script = (
-        "const g = document.querySelector('#curves-graph .js-plotly-plot'); return g && g.data && "
-        "g.data.map(t => ({name: t.name, yaxis: t.yaxis, x: Array.from(t.x), y: Array.from(t.y)}))"
+        "const g = document.querySelector('#curves-graph .js-plotly-plot'); "
+        "return g && g._fullData && g._fullData.length > 0 && "  # as drawn: arrays decoded
+        "g._fullData.map(t => ({name: t.name, yaxis: t.yaxis, x: Array.from(t.x), y: Array.from(t.y)}))"
     )
     traces = wait(browser, lambda b: b.execute_script(script))
     metrics = [json.loads(line) for line in (token_stats_run / "metrics.jsonl").open()]
