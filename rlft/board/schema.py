@@ -11,6 +11,7 @@ import itertools
 import threading
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rlft import config as config_module
@@ -33,8 +34,10 @@ class Field:
 
 
 def recipes() -> list[str]:
-    """The recipe names ``recipe=<name>`` accepts."""
-    return sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+    """The recipe names ``recipe=<name>`` accepts: the shipped ones and those in ./recipes."""
+    return sorted(
+        {p.stem for folder in (CONF_DIR / "recipe", Path("recipes")) for p in folder.glob("*.yaml")}
+    )
 
 
 def _docstrings() -> dict[tuple[str, str], str]:
