@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0
 
-    from rlft.trainers.online import SetupError
+    from rlft.errors import Interrupted, RunFailed, SetupError
 
     if cfg.algorithm.kind == "preference":
         from rlft.trainers.preference import train
@@ -159,8 +160,29 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as err:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"rlft: error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as stop:
+        where = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet: it starts afresh"
+        print(
+            f"rlft: interrupted after step {stop.step} of {stop.max_steps} ({where}); resume with: "
+            f"{_resume_command(args.overrides, stop.run_dir)}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:  # while starting, before the steps
+        print("rlft: interrupted before the first step; nothing to resume", file=sys.stderr)
+        return 130
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The ``rlft train`` command that continues an interrupted run in ``run_dir``."""
+    replaced = ("trainer.output_dir=", "trainer.resume=", "trainer.overwrite=")
+    kept = [o for o in overrides if not o.startswith(replaced)]
+    return shlex.join(["rlft", "train", *kept, f"trainer.output_dir={run_dir}", "trainer.resume=auto"])
 
 
 def _evaluate(model: str, overrides: list[str], output: str | None) -> int:

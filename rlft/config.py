@@ -494,6 +494,10 @@ class TrainerConfig:
     """Save a checkpoint every N steps (and at the end); 0 = only at the end."""
     resume: str = "auto"
     """auto (newest complete checkpoint in output_dir, if any) | never | <checkpoint dir>."""
+    overwrite: bool = False
+    """Delete the results of an earlier run in output_dir (config.yaml, metrics.jsonl,
+    samples.jsonl, checkpoints/) and start afresh. Without it a run never drops them silently: it
+    refuses to start afresh over logged steps, or when its checkpoint leaves nothing to do."""
     keep_checkpoints: int = bounded(2, ge=0)
     """How many recent checkpoints to keep; 0 = keep all."""
     # `async` is a Python keyword, so its field is declared through the class namespace; the

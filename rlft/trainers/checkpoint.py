@@ -20,9 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from rlft.config import RLFTConfig, TrainerConfig
+from rlft.config import TrainerConfig
 
 CKPT_PREFIX = "step_"
 _TMP, _OLD, _DEL = ".tmp-", ".old-", ".del-"
@@ -35,14 +33,6 @@ process there."""
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
-
-
-def create_run_dir(cfg: RLFTConfig) -> Path:
-    """``trainer.output_dir``, created if needed, with the resolved config in its config.yaml."""
-    run_dir = Path(cfg.trainer.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    return run_dir
 
 
 def _complete(root: Path) -> list[Path]:

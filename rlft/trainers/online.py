@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlft.cluster import Cluster
+from rlft.cluster import Cluster, constructor_error
 from rlft.config import RLFTConfig
 from rlft.data.prompts import PromptSampler
+from rlft.errors import SetupError
 from rlft.evaluation import Evaluator
 from rlft.learner.group import LearnerGroup
 from rlft.learner.learner import Learner
@@ -26,9 +27,10 @@ from rlft.modeling import load_tokenizer
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
-from rlft.tracking import make_trackers
+from rlft.tracking import Trackers, make_trackers
 from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
+from rlft.trainers.run_dir import CompletedSteps, RunDirectory
 from rlft.weights import make_transport
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -36,39 +38,50 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("rlft.trainer")
 
+__all__ = ["SetupError", "train"]  # SetupError lives in rlft.errors; importable from here as before
+
 
 def train(cfg: RLFTConfig) -> Path:
     """Run ``cfg.trainer.max_steps`` RL steps; returns the run directory.
 
     If an actor dies (``trainer.max_restarts`` times at most), every actor is killed and started
-    afresh, and the run continues from its newest checkpoint (or from the start)."""
-    run_dir = Path(cfg.trainer.output_dir)
-    inputs = _prepare(cfg, run_dir)
-    checkpoint.create_run_dir(cfg)  # only once the input is known to be good
-
-    resume_from, fresh_sampler = inputs.resume_from, inputs.sampler.state_dict()
-    with Cluster(cfg.cluster) as cluster, inputs.rewards or nullcontext():  # ends reward workers
+    afresh, and the run continues from its newest checkpoint (or from the start). An actor whose
+    constructor raised is not restarted: it would raise again."""
+    inputs = _prepare(cfg)
+    # The run directory is locked and written only once the input is known to be good.
+    with RunDirectory(cfg) as run, Cluster(cfg.cluster) as cluster, inputs.rewards or nullcontext():
         if (total := cluster.total_resources()) is not None:
             check_resources(resource_demand(cfg), total)
+        resume_from, fresh_sampler = run.resume_from, inputs.sampler.state_dict()
+        trackers = make_trackers(cfg.tracking, run.path, cfg.trainer.max_steps, run.start_step, asdict(cfg))
         restart_max = cfg.trainer.max_restarts
-        for restart in range(restart_max + 1):
-            try:
-                run_steps(cfg, cluster, run_dir, inputs, resume_from)
-                break
-            except cluster.actor_died as err:
-                if restart == restart_max:
-                    raise
-                log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
-                cluster.kill_all()
-                resume_from = checkpoint.latest_checkpoint(run_dir) or inputs.resume_from
-                inputs.sampler.load_state_dict(fresh_sampler)  # the checkpoint (if any) restores it
-    return run_dir
+        with trackers:
+            for restart in range(restart_max + 1):
+                try:
+                    run_steps(cfg, cluster, run.path, inputs, resume_from, trackers)
+                    break
+                except cluster.actor_died as err:
+                    if (message := constructor_error(err)) is not None:  # it would fail again
+                        raise SetupError(message) from err
+                    if restart == restart_max:
+                        raise
+                    log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
+                    cluster.kill_all()
+                    resume_from = checkpoint.latest_checkpoint(run.path) or run.resume_from
+                    inputs.sampler.load_state_dict(fresh_sampler)  # the checkpoint (if any) restores it
+    return run.path
 
 
 def run_steps(
-    cfg: RLFTConfig, cluster: Cluster, run_dir: Path, inputs: _Inputs, resume_from: Path | None
+    cfg: RLFTConfig,
+    cluster: Cluster,
+    run_dir: Path,
+    inputs: _Inputs,
+    resume_from: Path | None,
+    trackers: Trackers,
 ) -> None:
-    """Start the actors, restore ``resume_from`` (if any), then run the remaining steps."""
+    """Start the actors, restore ``resume_from`` (if any), then run the remaining steps. Ctrl-C
+    ends it with :class:`Interrupted`, after checkpointing the last step if it is complete."""
     learner, workers = start_workers(cluster, cfg)
     rollouts = RolloutContext(
         cfg,
@@ -86,8 +99,8 @@ def run_steps(
     depth = cfg.trainer.max_staleness if cfg.trainer.asynchronous else 0
     pipeline = RolloutPipeline(lambda step: collect(rollouts, step), depth, threaded=not cluster.local)
 
-    trackers = make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg))
-    with trackers, closing(pipeline):
+    done = CompletedSteps(start_step)
+    with done.checkpoint_on_interrupt(cfg.trainer, run_dir, learner), closing(pipeline):
         for step in range(start_step + 1, cfg.trainer.max_steps + 1):
             step_start = time.perf_counter()
 
@@ -105,6 +118,7 @@ def run_steps(
             # of rewards, groups and, for PPO, its critic's values) and the loss. Colocated
             # rollout workers sleep meanwhile, to leave the device's memory to the learner.
             _on_workers(cluster, workers, "sleep", cfg.cluster.colocate)
+            done.updating()  # from here until the step is logged and saved, no checkpoint on Ctrl-C
             learner_metrics = learner.train_step(rollout.samples())
             _on_workers(cluster, workers, "wake_up", cfg.cluster.colocate)
 
@@ -132,17 +146,15 @@ def run_steps(
             trackers.log_samples(rollout.sample_rows(cfg.tracking.samples_per_step), step)
 
             # The sampler's position as of this step's prompts (async rollouts may be drawing more).
-            checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, SamplerState(rollout.sampler_state))
+            sampler_state = SamplerState(rollout.sampler_state)
+            checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, sampler_state)
+            done.completed(step, sampler_state)
 
 
 def _on_workers(cluster: Cluster, workers: list[Any], method: str, enabled: bool) -> None:
     """Call ``method`` on every rollout worker and wait, if ``enabled``."""
     if enabled:
         cluster.get([getattr(w, method).remote() for w in workers])
-
-
-class SetupError(RuntimeError):
-    """Bad input found before any worker started: a path, a column, a reward function."""
 
 
 @dataclass
@@ -153,10 +165,9 @@ class _Inputs:
     rewards: RewardManager | None
     tokenizer: Any
     evaluator: Evaluator | None
-    resume_from: Path | None
 
 
-def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
+def _prepare(cfg: RLFTConfig) -> _Inputs:
     """Everything that can fail on bad input, checked before any actor starts."""
     try:
         tokenizer = load_tokenizer(cfg.model)
@@ -166,8 +177,7 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
             rewards = RewardManager.from_config(cfg.reward, search_dirs=[PROJECT_ROOT])
             rewards.check_columns(c for c in sampler.columns if c != cfg.data.prompt_column)
         evaluator = Evaluator(cfg, tokenizer, [PROJECT_ROOT]) if cfg.eval.every_steps else None
-        resume_from = checkpoint.checkpoint_to_resume(cfg.trainer.resume, run_dir)
-        return _Inputs(sampler, rewards, tokenizer, evaluator, resume_from)
+        return _Inputs(sampler, rewards, tokenizer, evaluator)
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
         raise SetupError(str(err)) from err
 
