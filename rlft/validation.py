@@ -168,6 +168,30 @@ def validate(cfg: RLFTConfig) -> None:
     _check_names(cfg)
 
 
+def check_context(cfg: RLFTConfig, context: int | None) -> None:
+    """The longest prompt (``model.max_prompt_tokens``) plus the longest completion fits in the
+    model's ``context`` positions (None: the model's config names no limit); raises ValueError
+    naming both numbers and the fix."""
+    if context is None:
+        return
+    prompt = cfg.model.max_prompt_tokens
+    completions = [("rollout.sampling.max_new_tokens", cfg.rollout.sampling.max_new_tokens)]
+    if cfg.eval.every_steps:
+        completions.append(("eval.sampling.max_new_tokens", cfg.eval.sampling.max_new_tokens))
+    for key, new in completions:
+        if prompt + new > context:
+            fix = (
+                f"lower model.max_prompt_tokens to at most {context - new}"
+                if new < context
+                else f"lower {key} below {context}"
+            )
+            raise ValueError(
+                f"model.max_prompt_tokens={prompt} + {key}={new} = {prompt + new} tokens is more than "
+                f"the {context} positions of model.path={cfg.model.path!r} (max_position_embeddings in "
+                f"its config): {fix}"
+            )
+
+
 def check_ranges(node: Any, prefix: str = "") -> None:
     """Every field of the config dataclass ``node`` declared with :func:`rlft.config.bounded` (each
     numeric key) holds a value in its range, entries of a list one each; raises ValueError naming

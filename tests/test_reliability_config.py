@@ -66,3 +66,65 @@ def test_out_of_range_key_fails_before_the_run_directory_is_written(tmp_path: Pa
     assert main(["train", f"trainer.output_dir={out}", "learner.lr=-0.001", "cluster.mode=local"]) == 2
     assert "learner.lr=-0.001 out of range" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.path=/no/such/dir", "model.path='/no/such/dir': the directory does not exist"),
+        (
+            "model.tokenizer_path=./no/such/tok",
+            "model.tokenizer_path='./no/such/tok': the directory does not exist",
+        ),
+        (
+            "model.path=someorg/somemodel",
+            "it is taken as a Hugging Face hub id, but the hub cannot be reached",
+        ),
+    ],
+)
+def test_missing_model_is_named(
+    override: str, message: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlft import modeling
+
+    monkeypatch.setattr(modeling, "hub_reachable", lambda timeout_s=5.0: False)  # no waiting on DNS
+    out = tmp_path / "run"
+    assert main(["train", override, f"trainer.output_dir={out}", "cluster.mode=local"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Repo id must be" not in err
+    assert not out.exists()
+
+
+def test_hub_id_while_offline_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlft.modeling import check_model_source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"switched off \(HF_HUB_OFFLINE is set\).*huggingface-cli download"):
+        check_model_source("someorg/somemodel", "reward.model.path")
+
+
+def test_prompts_longer_than_the_model_context_are_refused_naming_both_numbers(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """The tiny model has 512 positions: max_prompt_tokens=1207 cannot fit (it trained before, with
+    only a transformers warning)."""
+    out = tmp_path / "run"
+    args = ["train", f"model.path={tiny_model_dir}", f"trainer.output_dir={out}", "cluster.mode=local"]
+    assert main([*args, "model.max_prompt_tokens=1207"]) == 2
+    assert (
+        "model.max_prompt_tokens=1207 + rollout.sampling.max_new_tokens=32 = 1239 tokens is more than the "
+        f"512 positions of model.path={str(tiny_model_dir)!r} (max_position_embeddings in its config): "
+        "lower model.max_prompt_tokens to at most 480"
+    ) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_context_check_covers_evaluation() -> None:
+    from rlft.validation import check_context
+
+    cfg = load_config(
+        ["model.max_prompt_tokens=400", "eval.every_steps=5", "eval.sampling.max_new_tokens=600"]
+    )
+    with pytest.raises(ValueError, match=r"lower eval\.sampling\.max_new_tokens below 512"):
+        check_context(cfg, 512)
+    check_context(cfg, None)  # a config without a context length: nothing to check

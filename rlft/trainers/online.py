@@ -23,7 +23,7 @@ from rlft.errors import SetupError
 from rlft.evaluation import Evaluator
 from rlft.learner.group import LearnerGroup
 from rlft.learner.learner import Learner
-from rlft.modeling import load_tokenizer
+from rlft.modeling import check_model_source, context_length, load_tokenizer
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
@@ -31,6 +31,7 @@ from rlft.tracking import Trackers, make_trackers
 from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
 from rlft.trainers.run_dir import CompletedSteps, RunDirectory
+from rlft.validation import check_context
 from rlft.weights import make_transport
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -170,6 +171,7 @@ class _Inputs:
 def _prepare(cfg: RLFTConfig) -> _Inputs:
     """Everything that can fail on bad input, checked before any actor starts."""
     try:
+        check_model(cfg)
         tokenizer = load_tokenizer(cfg.model)
         sampler = PromptSampler(cfg.data, cfg.trainer.seed, tokenizer, cfg.model.max_prompt_tokens)
         rewards = None
@@ -180,6 +182,21 @@ def _prepare(cfg: RLFTConfig) -> _Inputs:
         return _Inputs(sampler, rewards, tokenizer, evaluator)
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
         raise SetupError(str(err)) from err
+
+
+def check_model(cfg: RLFTConfig) -> None:
+    """The model, tokenizer, critic and reward-model paths exist (or are hub ids that can be
+    loaded), and the model's context holds the longest prompt plus the longest completion."""
+    sources = {
+        "model.path": cfg.model.path,
+        "model.tokenizer_path": cfg.model.tokenizer_path,
+        "model.critic_path": cfg.model.critic_path,
+        "reward.model.path": cfg.reward.model.path,
+    }
+    for key, path in sources.items():
+        if path is not None:
+            check_model_source(path, key)
+    check_context(cfg, context_length(cfg.model))
 
 
 def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list[Any]]:

@@ -30,7 +30,7 @@ from rlft.learner.preference import Logps, PreferenceLearner
 from rlft.modeling import load_tokenizer
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
-from rlft.trainers.online import check_resources, resource_demand
+from rlft.trainers.online import check_model, check_resources, resource_demand
 from rlft.trainers.rollout import SamplerState
 from rlft.trainers.run_dir import CompletedSteps, RunDirectory
 
@@ -99,6 +99,7 @@ def train(cfg: RLFTConfig) -> Path:
 def _prepare(cfg: RLFTConfig) -> tuple[PreferenceDataset, Any]:
     """Everything that can fail on bad input, checked before any actor starts."""
     try:
+        check_model(cfg)
         tokenizer = load_tokenizer(cfg.model)
         data = load_preference_data(
             cfg.data,
