@@ -427,6 +427,10 @@ class RewardConfig:
     max_concurrency: int = bounded(8, ge=1)
     """Calls in flight at once: worker processes (executor=process) or threads, and awaited
     coroutines of async functions."""
+    max_failed_steps: int = bounded(3, ge=0)
+    """Stop the run once one function has failed (raised, timed out, bad output) on every sample
+    of this many steps in a row, naming it and its last error; 0 = never stop (its samples keep
+    getting failure_reward)."""
     executor: str = "process"
     """Where sync reward functions run. process: a pool of spawned worker processes; a call past
     timeout_s is killed with its worker, which is replaced. thread: threads of the trainer's
