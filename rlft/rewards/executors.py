@@ -278,7 +278,6 @@ def _serve(conn: Any, sources: list[tuple[str, dict[str, Any]]], parent_pid: int
     """A worker process: load the functions, then run one call per message until the pipe closes."""
     os.setpgrp()  # its own process group, so a timeout kill also ends what the call started
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    captured = _capture_output()
     functions: list[RewardFunction | Failure] = []
     for source, params in sources:
         try:
@@ -286,6 +285,7 @@ def _serve(conn: Any, sources: list[tuple[str, dict[str, Any]]], parent_pid: int
         except Exception as error:
             functions.append(Failure.raised(error))
     conn.send("ready")
+    captured = _capture_output()  # after loading: what fails to start still shows on stderr
     while True:
         try:
             index, kwargs = conn.recv()
