@@ -32,6 +32,7 @@ def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: fl
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # two real runs (~2 min on 2 busy cores); the fast form is the next test
 def test_a_second_run_into_the_same_directory_is_refused_naming_the_holder(
     quickstart_args: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -65,19 +66,37 @@ def test_a_second_run_into_the_same_directory_is_refused_naming_the_holder(
     assert not (out / LOCK_NAME).exists()  # released at the end
 
 
-def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from rlft.trainers.run_dir import RunLock; "
-            "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(600)",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process that holds ``run_dir``'s lock until killed."""
+    code = (
+        "import sys, time; from pathlib import Path; from rlft.trainers.run_dir import RunLock; "
+        "RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(600)"
     )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_rlft_train_into_a_held_directory_exits_2_naming_the_holder(
+    quickstart_args: Callable[..., list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = _hold_lock(out)
+    try:
+        assert main(quickstart_args(out, *SMALL, "trainer.max_steps=1")) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"rlft: error: trainer.output_dir={out} is in use by another run (pid {holder.pid} on host " in err
+    assert "choose another trainer.output_dir" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
+    assert main(quickstart_args(out, *SMALL, "trainer.max_steps=1")) == 0  # its holder gone: taken over
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    holder = _hold_lock(tmp_path)
     with pytest.raises(Exception, match=f"in use by another run \\(pid {holder.pid} on host"):
         RunLock(tmp_path).acquire()
     os.kill(holder.pid, signal.SIGKILL)
@@ -129,6 +148,51 @@ def test_a_finished_run_is_never_truncated_silently(
     assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1]
 
 
+def test_ctrl_c_between_steps_checkpoints_the_last_one(
+    quickstart_args: Callable[..., list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process: a KeyboardInterrupt while step 3's rollout is collected (the learner holds step
+    2) checkpoints step 2, prints one line, and the printed command's resume continues at step 3.
+    A KeyboardInterrupt during an update writes no checkpoint (the learner is between steps)."""
+    from rlft.trainers import online
+
+    collect = online.collect
+
+    def interrupted_at_3(ctx: object, step: int) -> object:
+        if step == 3:
+            raise KeyboardInterrupt
+        return collect(ctx, step)
+
+    monkeypatch.setattr(online, "collect", interrupted_at_3)
+    out = tmp_path / "run"
+    args = quickstart_args(out, *SMALL, "trainer.max_steps=50")
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    ckpt = checkpoint.checkpoint_dir(out) / "step_00000002"
+    line = f"rlft: interrupted after step 2 of 50 (checkpoint {ckpt}); resume with: rlft train "
+    assert [x for x in err.splitlines() if x.startswith("rlft:")] == [
+        line + " ".join(args[1:3] + args[4:]) + f" trainer.output_dir={out} trainer.resume=auto"
+    ]
+    assert not (out / LOCK_NAME).exists()
+
+    monkeypatch.setattr(online, "collect", collect)
+    assert main(quickstart_args(out, *SMALL, "trainer.max_steps=3")) == 0
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+
+    def interrupted_update(*a: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(online.LearnerGroup, "train_step", interrupted_update)
+    assert main(quickstart_args(out, *SMALL, "trainer.max_steps=5")) == 130
+    ckpt = checkpoint.checkpoint_dir(out) / "step_00000003"
+    assert f"rlft: interrupted after step 3 of 5 (checkpoint {ckpt})" in capsys.readouterr().err
+    assert checkpoint.latest_checkpoint(out) == ckpt  # the run's end checkpoint; none for step 4
+
+
+@pytest.mark.slow  # a real SIGINT to a real run (~2 min on 2 busy cores); fast form above
 def test_ctrl_c_checkpoints_the_last_step_and_prints_one_line(
     quickstart_args: Callable[..., list[str]], tmp_path: Path
 ) -> None:

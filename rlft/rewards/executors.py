@@ -170,6 +170,16 @@ class ProcessExecutor:
         results: list[Result | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
         busy: dict[_Worker, tuple[int, float]] = {}
+        try:
+            self._run(jobs, results, pending, busy)
+        except BaseException:  # e.g. Ctrl-C: calls still running are killed, not left behind
+            for worker in busy:
+                worker.kill()
+            raise
+        return results
+
+    def _run(self, jobs: list[Job], results: list[Result | None], pending: deque[int], busy: dict) -> None:
+        """Hand out ``pending`` jobs to idle (or new) workers and collect them into ``results``."""
         while pending or busy:
             self._start_workers(min(len(pending), self.max_concurrency - len(busy)) - len(self._idle))
             if pending and not self._idle and not busy:
@@ -183,7 +193,6 @@ class ProcessExecutor:
                 self._send(self._idle.pop(), j, jobs, busy, results)
             if busy:
                 self._collect(busy, jobs, results)
-        return results
 
     def _send(
         self, worker: _Worker, j: int, jobs: list[Job], busy: dict, results: list[Result | None]
