@@ -304,3 +304,28 @@ def test_constructor_errors_surface_once() -> None:
         "the _Misconfigured actor could not start, so it is not restarted: "
         "ValueError: learner.lr=-0.001 cannot be used"
     )
+
+
+def test_ctrl_c_in_a_preference_run_checkpoints_the_last_step(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlft.trainers import preference
+
+    reference_logps, calls = preference._reference_logps, []
+
+    def interrupted_at_3(*args: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return reference_logps(*args)
+
+    monkeypatch.setattr(preference, "_reference_logps", interrupted_at_3)
+    out = tmp_path / "dpo"
+    args = ["train", "recipe=dpo_quickstart", f"model.path={tiny_model_dir}", f"trainer.output_dir={out}"]
+    args += ["tracking.wandb.enabled=false", "cluster.mode=local", "trainer.max_steps=50"]
+    assert main(args) == 130
+    ckpt = checkpoint.checkpoint_dir(out) / "step_00000002"
+    assert (
+        f"rlft: interrupted after step 2 of 50 (checkpoint {ckpt}); resume with: " in capsys.readouterr().err
+    )
+    assert checkpoint.read_trainer_state(ckpt)["sampler"]["consumed"] > 0

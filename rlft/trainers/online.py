@@ -103,7 +103,7 @@ def run_steps(
     pipeline = RolloutPipeline(lambda step: collect(rollouts, step), depth, threaded=not cluster.local)
 
     done = CompletedSteps(start_step)
-    with done.checkpoint_on_interrupt(cfg.trainer, run_dir, learner), closing(pipeline):
+    with done.checkpoint_on_interrupt(cfg.trainer, run_dir), closing(pipeline):
         for step in range(start_step + 1, cfg.trainer.max_steps + 1):
             step_start = time.perf_counter()
 
@@ -149,9 +149,9 @@ def run_steps(
             trackers.log_samples(rollout.sample_rows(cfg.tracking.samples_per_step), step)
 
             # The sampler's position as of this step's prompts (async rollouts may be drawing more).
-            sampler_state = SamplerState(rollout.sampler_state)
-            checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, sampler_state)
-            done.completed(step, sampler_state)
+            save_args = (run_dir, step, learner, SamplerState(rollout.sampler_state))
+            checkpoint.save_if_due(cfg.trainer, *save_args)
+            done.completed(step, save_args)  # what a Ctrl-C before the next update checkpoints
 
 
 def _on_workers(cluster: Cluster, workers: list[Any], method: str, enabled: bool) -> None:

@@ -67,7 +67,7 @@ def train(cfg: RLFTConfig) -> Path:
 
         done = CompletedSteps(start_step)
         trackers = make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg))
-        interrupt = done.checkpoint_on_interrupt(cfg.trainer, run_dir, learner)
+        interrupt = done.checkpoint_on_interrupt(cfg.trainer, run_dir)
         with trackers, cluster.constructor_errors(SetupError), interrupt:
             for step in range(start_step + 1, cfg.trainer.max_steps + 1):
                 step_start = time.perf_counter()
@@ -91,8 +91,9 @@ def train(cfg: RLFTConfig) -> Path:
                 trackers.log(metrics, step)
                 n = cfg.tracking.samples_per_step
                 trackers.log_samples(_sample_rows(tokenizer, batch[:n], rewards[:n]), step)
-                checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, sampler)
-                done.completed(step, SamplerState(sampler.state_dict()))
+                save_args = (run_dir, step, learner, SamplerState(sampler.state_dict()))
+                checkpoint.save_if_due(cfg.trainer, *save_args)
+                done.completed(step, save_args)  # what a Ctrl-C before the next update checkpoints
     return run_dir
 
 

@@ -274,31 +274,31 @@ class CompletedSteps:
 
     def __init__(self, step: int) -> None:
         self.step = step
-        self._sampler: Any = None
-        """The sampler state to checkpoint the step with; None until a step completes here."""
+        self._save_args: tuple[Any, ...] | None = None
+        """What ``save_if_due`` took after the trainer config for the last completed step."""
         self._consistent = True
 
     def updating(self) -> None:
         """The learner starts changing its weights for the next step."""
         self._consistent = False
 
-    def completed(self, step: int, sampler: Any) -> None:
-        """Step ``step`` is logged and saved if due; ``sampler``'s state_dict() is its data position."""
-        self.step, self._sampler, self._consistent = step, sampler, True
+    def completed(self, step: int, save_args: tuple[Any, ...]) -> None:
+        """Step ``step`` is logged, and saved if due with ``save_if_due(cfg, *save_args)``."""
+        self.step, self._save_args, self._consistent = step, save_args, True
 
     @contextlib.contextmanager
-    def checkpoint_on_interrupt(self, cfg: TrainerConfig, run_dir: Path, learner: Any) -> Iterator[None]:
+    def checkpoint_on_interrupt(self, cfg: TrainerConfig, run_dir: Path) -> Iterator[None]:
         """Turn a KeyboardInterrupt in the block into :class:`Interrupted`, after writing a
-        checkpoint of the last completed step if it has none and the learner still holds it."""
+        checkpoint of the last completed step (as ``save_if_due`` does, made due now) if it has
+        none and the learner still holds it."""
         try:
             yield
         except KeyboardInterrupt:
             latest = checkpoint.latest_checkpoint(run_dir)
             saved = latest is not None and checkpoint.read_trainer_state(latest)["step"] == self.step
-            if self._consistent and self._sampler is not None and not saved:
-                try:  # as save_if_due writes it, made due now
-                    due = replace(cfg, checkpoint_every=1)
-                    checkpoint.save_if_due(due, run_dir, self.step, learner, self._sampler)
+            if self._consistent and self._save_args is not None and not saved:
+                try:
+                    checkpoint.save_if_due(replace(cfg, checkpoint_every=1), *self._save_args)
                     latest = checkpoint.latest_checkpoint(run_dir)
                 except Exception as err:  # e.g. Ctrl-C in a terminal also stopped Ray's workers
                     log.warning("no checkpoint written at the interruption: %s", err)
