@@ -48,6 +48,11 @@ def validate(cfg: RLFTConfig) -> None:
             "reward model: unset cluster.colocate and reward.model.path",
         ),
         (
+            online or not cfg.tracking.token_stats,
+            "tracking.token_stats records per-token sampler and learner statistics of online runs; "
+            "algorithm.kind=preference samples nothing: set tracking.token_stats=false",
+        ),
+        (
             cfg.data.on_too_long in ("filter", "error"),
             f"data.on_too_long={cfg.data.on_too_long!r} is not one of ('filter', 'error')",
         ),

@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from rlft.config import RLFTConfig, TrainerConfig
 from rlft.errors import Interrupted, SetupError
 from rlft.trainers import checkpoint
+from rlft.trainers.run_status import mark_running
 
 LOCK_NAME = "run.lock"
 RESULTS = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints")
@@ -157,8 +158,8 @@ class RunLock:
 
 class RunDirectory:
     """``trainer.output_dir`` claimed for one run: locked, checked for earlier results (refused,
-    or deleted with ``trainer.overwrite=true``), crash leftovers of checkpointing cleaned up, and
-    the resolved config written to config.yaml. Use as a context manager; it unlocks on exit.
+    or deleted with ``trainer.overwrite=true``), crash leftovers of checkpointing cleaned up, the
+    resolved config written to config.yaml and this process to status.json. Use as a context manager; it unlocks on exit.
 
     :attr:`resume_from` is the checkpoint ``trainer.resume`` asks for (None: start afresh)."""
 
@@ -175,6 +176,7 @@ class RunDirectory:
             self._lock.acquire()
             self.resume_from = self._check()
             (self.path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
+            mark_running(self.path)
         except BaseException:
             self._lock.release()
             if created:
