@@ -159,7 +159,8 @@ class RunLock:
 class RunDirectory:
     """``trainer.output_dir`` claimed for one run: locked, checked for earlier results (refused,
     or deleted with ``trainer.overwrite=true``), crash leftovers of checkpointing cleaned up, the
-    resolved config written to config.yaml and this process to status.json. Use as a context manager; it unlocks on exit.
+    resolved config written to config.yaml and this process to status.json. Use as a context
+    manager; it unlocks on exit.
 
     :attr:`resume_from` is the checkpoint ``trainer.resume`` asks for (None: start afresh)."""
 
