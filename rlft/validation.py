@@ -126,6 +126,21 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.algorithm.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1"),
         (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
         (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
+        (cfg.env.max_turns >= 1, "env.max_turns must be >= 1"),
+        (cfg.env.max_episode_tokens >= 2, "env.max_episode_tokens must be >= 2"),
+        (cfg.env.max_new_tokens_per_turn >= 0, "env.max_new_tokens_per_turn must be >= 0 (0 = rollout's)"),
+        (
+            cfg.env.step_timeout_s > 0 and cfg.env.tool_timeout_s > 0,
+            "env.step_timeout_s and env.tool_timeout_s must be > 0",
+        ),
+        (
+            cfg.env.path == "tools" or not cfg.env.tools,
+            f"env.tools={list(cfg.env.tools)} needs the tool environment: set env=tools (env.path=tools)",
+        ),
+        (
+            cfg.env.path != "tools" or bool(cfg.env.tools),
+            "env=tools needs at least one tool: env.tools=[python] or env.tools=[my_tools.py:search]",
+        ),
         (cfg.weights.bucket_mb > 0, "weights.bucket_mb must be > 0"),
         (
             cfg.model.lora.quantize == "none" or cfg.model.lora.rank > 0,
@@ -152,8 +167,9 @@ def validate(cfg: RLFTConfig) -> None:
             "learner.lr_schedule_steps > 0 (the schedule's length in trainer steps)",
         ),
         (
-            bool(cfg.reward.functions or cfg.reward.model.path) or not online,
-            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",
+            bool(cfg.reward.functions or cfg.reward.model.path) or not online or cfg.env.path is not None,
+            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path (or an "
+            "environment that gives rewards, env.path)",
         ),
         (
             not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),

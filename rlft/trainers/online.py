@@ -165,6 +165,12 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
         if cfg.reward.functions:
             rewards = RewardManager.from_config(cfg.reward, search_dirs=[PROJECT_ROOT])
             rewards.check_columns(c for c in sampler.columns if c != cfg.data.prompt_column)
+        if cfg.env.path is not None:  # loads the environment, its tools and parser; builds one
+            from rlft.envs.loop import EpisodeRunner
+
+            EpisodeRunner(
+                cfg.env, tokenizer, [PROJECT_ROOT], cfg.data.prompt_column, cfg.data.system_prompt
+            ).check()
         evaluator = Evaluator(cfg, tokenizer, [PROJECT_ROOT]) if cfg.eval.every_steps else None
         resume_from = checkpoint.checkpoint_to_resume(cfg.trainer.resume, run_dir)
         return _Inputs(sampler, rewards, tokenizer, evaluator, resume_from)
