@@ -41,13 +41,17 @@ def test_every_online_algorithm_trains_on_episodes(run: Callable[..., list[dict]
     metrics = run(*overrides)
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
-        assert m["logprob_diff/sampler"] < 1e-4, m["logprob_diff/sampler"]
+        # PPO takes 4 optimizer steps per rollout: the later ones score with updated weights.
+        assert m["logprob_diff/sampler"] < (1.0 if algorithm == "ppo" else 1e-4), m["logprob_diff/sampler"]
         assert {"env/turns_mean", "env/solved", "env/step_s_mean", "env/truncated_frac"} <= m.keys()
+    if algorithm == "ppo":
+        assert "loss/value" in metrics[-1]
 
 
 def test_packing_lora_and_async_train_on_episodes(run: Callable[..., list[dict]], tmp_path: Path) -> None:
     metrics = run("learner.packing=true", "model.lora.rank=4", "learner.lr=1e-2", "trainer.async=true")
-    assert len(metrics) == 2 and all(m["logprob_diff/sampler"] < 1e-3 for m in metrics)
+    assert len(metrics) == 2 and metrics[0]["logprob_diff/sampler"] < 1e-3  # step 2's may be stale
+    assert max(m["async/staleness_max"] for m in metrics) <= 1
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert rows and {"messages", "reward", "num_turns", "finish_reason", "turn_rewards"} <= rows[0].keys()
     assert rows[0]["messages"][0] == {"role": "user", "content": "Guess my digit (0-9)."}
@@ -58,7 +62,8 @@ def test_tool_env_trains_with_reward_functions(run: Callable[..., list[dict]], t
     """The tool environment with a file tool and the arithmetic task's reward function on the final answer."""
     metrics = run(
         "env.path=tools",
-        "env.params={}",
+        "~env.params.feedback",  # the recipe's GuessEnv parameters
+        "~env.params.partial_credit",
         "env.tools=[python,tests/test_envs.py:add]",
         "env.max_episode_tokens=256",
         "data.path=builtin:arithmetic",
