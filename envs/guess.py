@@ -5,7 +5,7 @@ opening message does not reveal it, so any single-turn policy succeeds 1 time in
 a wrong guess the environment answers with feedback:
 
 - ``feedback="higher_lower"``: "Higher." or "Lower." (binary search solves it in 4 turns);
-- ``feedback="reveal"``: "No, it is 7." (the next turn can copy it: the tiny model's task).
+- ``feedback="reveal"``: "No, it is 7" (the next turn can copy it: the tiny model's task).
 
 Without a digit in the message the answer is "Say one digit." (``reveal``: the digit again).
 
@@ -43,7 +43,7 @@ class GuessEnv:
             self.solved = True
             return Step(done=True, metrics={"solved": 1.0})
         if self.feedback == "reveal":
-            reply = f"No, it is {self.digit}."
+            reply = f"No, it is {self.digit}"
         elif guess is None:
             reply = "Say one digit."
         else:
