@@ -4,7 +4,8 @@ The row's ``answer`` is the hidden digit; the opening message does not say it. T
 one tool, ``oracle()``, that returns it. A message with a tool call gets the tool's answer back; a
 message without one is the final answer, scored by the fraction of its non-space characters that
 are the digit (1.0 for "7", "77"; the metric ``env/solved`` counts answers whose first digit is
-right). Without a tool call the answer is a guess (1 in 10 at best).
+right). Without a tool call the answer is a guess (1 in 10 at best). ``call_reward`` > 0 adds a
+turn reward for each turn with a correct call (shaping for models that must discover the call).
 
 Tool calls are read by ``parser``: the Hermes ``<tool_call>`` format by default (real models), or
 ``"ask"``, which takes a ``?`` anywhere in the message as a call of ``oracle`` (a format the
@@ -27,9 +28,10 @@ def ask_calls(text: str) -> list[ToolCall]:
 
 
 class OracleEnv(ToolEnv):
-    def __init__(self, parser: str = "hermes", max_calls: int = 2):
+    def __init__(self, parser: str = "hermes", max_calls: int = 2, call_reward: float = 0.0):
         super().__init__([self.oracle], ask_calls if parser == "ask" else hermes_tool_calls)
         self.digit, self.max_calls, self.calls, self.answer = "", max_calls, 0, ""
+        self.call_reward = call_reward
 
     def oracle(self) -> str:
         """Tell the hidden digit."""
@@ -49,7 +51,8 @@ class OracleEnv(ToolEnv):
         correct = (
             step.metrics["tool_calls"] - step.metrics["tool_errors"] - step.metrics["malformed_tool_calls"]
         )
-        return Step(step.messages, metrics={**step.metrics, "correct_tool_calls": correct})
+        reward = self.call_reward if correct else None  # a turn reward for calling the tool right
+        return Step(step.messages, reward, metrics={**step.metrics, "correct_tool_calls": correct})
 
     def final_reward(self) -> float:
         chars = [c for c in self.answer if not c.isspace()]
