@@ -564,6 +564,37 @@ class EvalConfig:
 
 
 @dataclass
+class EnvConfig:
+    path: str | None = None
+    """Multi-turn environment class (``path/to/file.py:Class`` or ``module.sub:Class``; see
+    rlft.envs), or ``tools`` for the generic tool environment. None = single-turn rollouts."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the environment's constructor (``+env.params.name=value``)."""
+    max_turns: int = bounded(4, ge=1)
+    """Assistant turns per episode at most (finish reason ``max_turns``)."""
+    max_episode_tokens: int = bounded(1024, ge=2)
+    """Tokens per episode at most, prompt and every turn included; a longer episode is cut there
+    (finish reason ``max_tokens``, counted in ``env/truncated``). Keep it within the model's context."""
+    max_new_tokens_per_turn: int = bounded(0, ge=0)
+    """Tokens one assistant turn may generate; 0 = rollout.sampling.max_new_tokens."""
+    step_timeout_s: float = bounded(30.0, gt=0)
+    """Seconds an environment's step (or final_reward) may take; past it the episode ends with
+    finish reason ``timeout`` and env.failure_reward."""
+    failure_reward: float = bounded(0.0)
+    """Reward of an episode whose environment raised, broke the contract or timed out."""
+    tools: list[str] = field(default_factory=list)
+    """env=tools: the tools, ``python`` (rlft's sandbox) or functions by path (``my_tools.py:search``)."""
+    tool_parser: str = "hermes"
+    """How tool calls are read from the model's text: ``hermes`` (``<tool_call>{json}</tool_call>``,
+    Qwen/Hermes) or ``path/to/file.py:fn`` with ``fn(text) -> list[rlft.envs.tools.ToolCall]``."""
+    tool_timeout_s: float = bounded(10.0, gt=0)
+    """env=tools: seconds one tool call may take; past it the model gets an error message back."""
+    chat_template: str | None = None
+    """Jinja chat template episodes are rendered with; None = the tokenizer's (e.g. a plain
+    concatenation of the contents for a base model without one)."""
+
+
+@dataclass
 class RLFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -576,6 +607,7 @@ class RLFTConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
 
 
 def register_configs() -> None:

@@ -107,6 +107,19 @@ def validate(cfg: RLFTConfig) -> None:
             "of model.lora.target_modules, or use rollout.engine=hf",
         ),
         (
+            cfg.env.path is None or cfg.eval.every_steps == 0,
+            "eval.every_steps evaluates single-turn completions; with env.path it would not play "
+            "episodes: set eval.every_steps=0 (the env/ metrics track the training episodes)",
+        ),
+        (
+            cfg.env.path == "tools" or not cfg.env.tools,
+            f"env.tools={list(cfg.env.tools)} needs the tool environment: set env=tools (env.path=tools)",
+        ),
+        (
+            cfg.env.path != "tools" or bool(cfg.env.tools),
+            "env=tools needs at least one tool: env.tools=[python] or env.tools=[my_tools.py:search]",
+        ),
+        (
             cfg.model.lora.quantize == "none" or cfg.model.lora.rank > 0,
             "model.lora.quantize=4bit (QLoRA) trains adapters on a quantized base: set model.lora.rank > 0",
         ),
@@ -126,8 +139,9 @@ def validate(cfg: RLFTConfig) -> None:
             "learner.lr_schedule_steps > 0 (the schedule's length in trainer steps)",
         ),
         (
-            bool(cfg.reward.functions or cfg.reward.model.path) or not online,
-            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",
+            bool(cfg.reward.functions or cfg.reward.model.path) or not online or cfg.env.path is not None,
+            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path (or an "
+            "environment that gives rewards, env.path)",
         ),
         (
             not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),

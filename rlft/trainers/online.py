@@ -123,7 +123,7 @@ def run_steps(
             _on_workers(cluster, workers, "sleep", cfg.cluster.colocate)
             logged = min(cfg.tracking.samples_per_step, len(rollout.completions))
             token_stats = None
-            if cfg.tracking.token_stats and logged:  # before the update: the policy that is trained
+            if cfg.tracking.token_stats and logged and rollout.episodes is None:  # before the update
                 token_stats = cluster.get(learner.token_stats.remote(rollout.samples(), list(range(logged))))
             done.updating()  # from here until the step is logged and saved, no checkpoint on Ctrl-C
             learner_metrics = learner.train_step(rollout.samples())
@@ -184,6 +184,12 @@ def _prepare(cfg: RLFTConfig) -> _Inputs:
         if cfg.reward.functions:
             rewards = RewardManager.from_config(cfg.reward, search_dirs=[PROJECT_ROOT])
             rewards.check_columns(c for c in sampler.columns if c != cfg.data.prompt_column)
+        if cfg.env.path is not None:  # loads the environment, its tools and parser; builds one
+            from rlft.envs.loop import EpisodeRunner
+
+            EpisodeRunner(
+                cfg.env, tokenizer, [PROJECT_ROOT], cfg.data.prompt_column, cfg.data.system_prompt
+            ).check()
         evaluator = Evaluator(cfg, tokenizer, [PROJECT_ROOT]) if cfg.eval.every_steps else None
         return _Inputs(sampler, rewards, tokenizer, evaluator)
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
