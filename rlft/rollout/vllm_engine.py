@@ -169,9 +169,9 @@ class VLLMEngine:
 
         Consecutive calls form one update, closed by :meth:`finish_update` (the rollout worker
         calls it once a whole set of weights has arrived) or else before the next generate: a
-        layer whose tensors straddle two buckets is processed once all of them have arrived. The tensors are copied
-        first, since a transport reuses its bucket buffer for the next bucket. With LoRA they
-        are adapter tensors (peft names), kept until the update is closed."""
+        layer whose tensors straddle two buckets is processed once all of them have arrived.
+        The tensors are copied first, since a transport reuses its bucket buffer for the next
+        bucket. With LoRA they are adapter tensors (peft names), kept until the update is closed."""
         if self.lora:
             self._update_open = True
             return self.lora.receive(tensors)
