@@ -120,36 +120,15 @@ def test_async_staleness_stays_within_the_bound(
     assert state["sampler"]["consumed"] == 2 * 4
 
 
-EXACT_KEYS = ("reward/mean", "loss/policy", "kl", "entropy", "async/staleness_max", "policy_version")
-"""Per-step metrics a resumed run must reproduce exactly (the timings differ)."""
-
-
-def assert_resume_is_exact(
-    quickstart_args: Callable[..., list[str]], out: Path, steps: int, cut: int, *overrides: str
-) -> None:
-    """``steps`` steps in one go against ``cut`` steps and then ``trainer.resume=auto`` to
-    ``steps`` (quickstart, trainer.async, seed 11, a checkpoint every ``cut`` steps): every step's
-    rollout and update are the same, bit for bit."""
-    common = ("trainer.async=true", "trainer.seed=11", f"trainer.checkpoint_every={cut}", *overrides)
-    for run, max_steps in (("full", steps), ("cut", cut), ("cut", steps)):
-        assert main(quickstart_args(out / run, f"trainer.max_steps={max_steps}", *common)) == 0
-    full, resumed = read_metrics(out / "full" / "metrics.jsonl"), read_metrics(out / "cut" / "metrics.jsonl")
-    assert [m["step"] for m in resumed] == list(range(1, steps + 1))
-    for a, b in zip(full, resumed, strict=True):
-        assert {k: a[k] for k in EXACT_KEYS} == {k: b[k] for k in EXACT_KEYS}, a["step"]
-    samples = [_jsonl(out / run / "samples.jsonl") for run in ("full", "cut")]
-    assert samples[0] == samples[1]
-
-
 def test_async_resume_equals_the_uninterrupted_run(
-    quickstart_args: Callable[..., list[str]], tmp_path: Path
+    quickstart_args: Callable[..., list[str]], async_resume_is_exact: Callable[..., None], tmp_path: Path
 ) -> None:
     """Issue 15, item 8: the checkpoint of step 3 holds the rollouts already generated (by older
     weights) for the next max_staleness (2) steps, even where step 3 was the run's last; the
     resumed run trains on them instead of generating them again with the step-3 policy (before
     the fix step 4's reward/mean differed). hf engine, in-process (deterministic)."""
     overrides = ("cluster.mode=local", "data.global_prompts_per_step=4")
-    assert_resume_is_exact(quickstart_args, tmp_path, 6, 3, *overrides, "trainer.max_staleness=2")
+    async_resume_is_exact(tmp_path, 6, 3, *overrides, "trainer.max_staleness=2")
     # Resumed with another max_staleness (1), the rollouts held are dropped: step 4 draws its
     # prompts again and generates them with the step-3 policy.
     step_3 = tmp_path / "cut" / "checkpoints" / "step_00000003"
