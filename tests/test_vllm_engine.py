@@ -94,9 +94,9 @@ def test_async_quickstart_with_vllm_runs_to_the_end(
     assert all(m["weight_sync/bytes"] > 0 for m in metrics)
     assert max(m["async/staleness_max"] for m in metrics) == 1
     assert metrics[-1]["policy_version"] == steps
-    state = torch.load(out / "checkpoints" / f"step_{steps:08d}" / IN_FLIGHT_FILE, weights_only=True)
-    assert [r["step"] for r in state["rollouts"]] == [steps + 1]
-    assert {c["policy_version"] for c in state["rollouts"][0]["completions"]} <= {steps - 1, steps}
+    state = torch.load(out / "checkpoints" / f"step_{steps:08d}" / IN_FLIGHT_FILE, weights_only=False)
+    [(step, rollout)] = state["rollouts"]
+    assert step == steps + 1 and {c.policy_version for c in rollout.completions} <= {steps - 1, steps}
 
 
 @needs_vllm

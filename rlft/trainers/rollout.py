@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +94,6 @@ class Rollout:
             timings,
             other.sampler_state,
         )
-
-    def state(self) -> dict[str, Any]:
-        """Every field as plain data (completions as dicts), for a checkpoint."""
-        state = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**state, "completions": [asdict(c) for c in self.completions]}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Rollout:
-        return cls(**{**state, "completions": [Completion(**c) for c in state["completions"]]})
 
     def samples(self) -> list[Sample]:
         g = self.group_size
@@ -208,7 +199,7 @@ class RolloutPipeline:
         last step)."""
         if not self._pending:
             return
-        rollouts = [{"step": step, **future.result().state()} for step, future in self._pending]
+        rollouts = [(step, future.result()) for step, future in self._pending]
         torch.save({"max_staleness": self.depth, "rollouts": rollouts}, directory / IN_FLIGHT_FILE)
 
     def restore(self, checkpoint: Path, sampler: PromptSampler) -> None:
@@ -219,8 +210,8 @@ class RolloutPipeline:
         path = checkpoint / IN_FLIGHT_FILE
         if not path.is_file():
             return
-        state = torch.load(path, weights_only=True)
-        steps = [row["step"] for row in state["rollouts"]]
+        state = torch.load(path, weights_only=False)  # written by save: Rollout objects
+        steps = [step for step, _ in state["rollouts"]]
         if state["max_staleness"] != self.depth:
             log.warning(
                 "%s holds the rollouts of steps %s, generated ahead with trainer.max_staleness=%d; "
@@ -231,10 +222,10 @@ class RolloutPipeline:
                 f"trainer.max_staleness={self.depth}" if self.depth else "trainer.async=false",
             )
             return
-        for row in state["rollouts"]:
+        for step, rollout in state["rollouts"]:
             future: Future[Rollout] = Future()
-            future.set_result(Rollout.from_state({k: v for k, v in row.items() if k != "step"}))
-            self._pending.append((row["step"], future))
+            future.set_result(rollout)
+            self._pending.append((step, future))
         sampler.load_state_dict(self._pending[-1][1].result().sampler_state)
 
     def close(self) -> None:
