@@ -195,8 +195,7 @@ class RolloutPipeline:
 
     def save(self, directory: Path) -> None:
         """Write the rollouts started for later steps into ``directory`` (a checkpoint being
-        written), once they are complete; nothing when none are (synchronous training, or the
-        last step)."""
+        written), once they are complete; nothing without any (synchronous training)."""
         if not self._pending:
             return
         rollouts = [(step, future.result()) for step, future in self._pending]
