@@ -110,6 +110,7 @@ class RolloutWorker:
     def load_weights(self, update: WeightUpdate) -> int:
         """Load new policy weights (bucket by bucket, in place); returns the bytes received."""
         self.engine.load_named_tensors(update.named_tensors())
+        self.engine.finish_update()
         self.policy_version = update.version
         return update.nbytes
 
@@ -128,7 +129,8 @@ class RolloutWorker:
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Copy named tensors into the engine's model in place (no reload); returns the bytes."""
+        """Copy named tensors into the engine's model in place (no reload); returns the bytes.
+        Consecutive calls form one update, closed by the next generate."""
         return self.engine.load_named_tensors(tensors)
 
     def join_weight_group(self, spec: WeightGroupSpec, rank: int) -> None:
@@ -139,11 +141,15 @@ class RolloutWorker:
         """Collective transport: receive the learner's broadcast (version, then buckets, each
         loaded as it arrives); returns the bytes received."""
         self.policy_version, nbytes = self._weight_receiver.receive(self.engine.load_named_tensors)
+        self.engine.finish_update()
         return nbytes
 
     def load_weight_bucket(self, payload: BucketPayload) -> int:
-        """CUDA IPC transport: load one bucket (mapped from the learner's GPU, or by value)."""
+        """CUDA IPC transport: load one bucket (mapped from the learner's GPU, or by value); the
+        last bucket of a sync closes the update."""
         nbytes = load_bucket(payload, self.engine.load_named_tensors)
+        if payload.last:
+            self.engine.finish_update()
         self.policy_version = payload.version
         return nbytes
 

@@ -129,18 +129,20 @@ def _pause_for_test(step: int, point: str) -> None:
         time.sleep(3600)
 
 
-def save_if_due(cfg: TrainerConfig, run_dir: Path, step: int, learner: Any, sampler: Any) -> None:
-    """Checkpoint the learner and the data position every ``trainer.checkpoint_every`` steps and
-    after the last step."""
+def save_if_due(
+    cfg: TrainerConfig, run_dir: Path, step: int, learner: Any, sampler: Any, pipeline: Any = None
+) -> None:
+    """Checkpoint the learner, the data position and the rollouts in flight (``pipeline.save``,
+    trainer.async) every ``trainer.checkpoint_every`` steps and after the last step."""
     every = cfg.checkpoint_every
     if step == cfg.max_steps or (every and step % every == 0):
-        save_checkpoint(
-            run_dir,
-            step,
-            {"sampler": sampler.state_dict()},
-            lambda d: learner.save_checkpoint(str(d)),
-            keep=cfg.keep_checkpoints,
-        )
+
+        def write(directory: Path) -> None:
+            learner.save_checkpoint(str(directory))
+            if pipeline is not None:
+                pipeline.save(directory)
+
+        save_checkpoint(run_dir, step, {"sampler": sampler.state_dict()}, write, keep=cfg.keep_checkpoints)
 
 
 def checkpoint_to_resume(resume: str, run_dir: Path) -> Path | None:

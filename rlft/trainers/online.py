@@ -101,6 +101,8 @@ def run_steps(
     # trainer.async: the next max_staleness steps' rollouts are collected while the learner trains.
     depth = cfg.trainer.max_staleness if cfg.trainer.asynchronous else 0
     pipeline = RolloutPipeline(lambda step: collect(rollouts, step), depth, threaded=not cluster.local)
+    if resume_from is not None:  # the rollouts it holds for later steps, with trainer.async
+        pipeline.restore(resume_from, inputs.sampler)
 
     done = CompletedSteps(start_step)
     with done.checkpoint_on_interrupt(cfg.trainer, run_dir), closing(pipeline):
@@ -112,7 +114,7 @@ def run_steps(
             # draws more prompts until B groups carry a learning signal. With trainer.async this
             # rollout was started up to max_staleness steps ago, while earlier updates ran; the
             # pipeline's order makes its samples at most that many policy versions old.
-            rollout, wait_s = pipeline.next(step, cfg.trainer.max_steps)
+            rollout, wait_s = pipeline.next(step)
             staleness = rollout.staleness(learner_version=step - 1)
             if staleness.max() > depth:  # cannot happen unless the pipeline's invariant broke
                 raise RuntimeError(f"step {step}: samples {staleness.max():.0f} versions old, over {depth}")
@@ -152,8 +154,9 @@ def run_steps(
             trackers.log(metrics, step)
             trackers.log_samples(rollout.sample_rows(logged, token_stats, inputs.tokenizer), step)
 
-            # The sampler's position as of this step's prompts (async rollouts may be drawing more).
-            save_args = (run_dir, step, learner, SamplerState(rollout.sampler_state))
+            # The sampler's position as of this step's prompts; the async rollouts drawn beyond it
+            # are saved with their own position (pipeline.save).
+            save_args = (run_dir, step, learner, SamplerState(rollout.sampler_state), pipeline)
             checkpoint.save_if_due(cfg.trainer, *save_args)
             done.completed(step, save_args)  # what a Ctrl-C before the next update checkpoints
 
