@@ -1,7 +1,7 @@
 """Name -> function registries: a config value picks a component by name (``rollout.engine=hf``,
 ``algorithm.advantage=grpo``) or, where the registry allows it, by path to a user's function
 (``algorithm.policy_loss=my_loss.py:fn``), loaded with rlft's one loader
-(:func:`rlft.rewards.loader.load_callable`) and its error messages.
+(:func:`rlft.rewards.loader.load_object`) and its error messages.
 
 An entry is a function plus its traits, a small frozen dataclass of facts the rest of rlft asks
 about (validation: "does this estimator need groups of 2+?"; the learner: "does it need a
@@ -121,6 +121,6 @@ def _load(spec: str, config_key: str, cwd: Path) -> tuple[Callable, str]:
     """Load a user's function once per process (and directory ``cwd``, against which a relative
     path resolves first), with the reward functions' loader and errors; returns it and its spec
     with an absolute file path."""
-    from rlft.rewards.loader import load_callable
+    from rlft.rewards.loader import load_object
 
-    return load_callable(spec, config_key, search_dirs=[SHIPPED_ROOT])
+    return load_object(spec, config_key, search_dirs=[SHIPPED_ROOT])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlft.config import RLFTConfig
-from rlft.preflight import SetupError, check_resources, resource_demand
+from rlft.trainers.online import SetupError, check_resources, resource_demand
 
 
 def _cfg(colocate: bool, reward_model: bool, workers: int = 1) -> RLFTConfig:

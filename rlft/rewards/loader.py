@@ -1,8 +1,5 @@
 """Load a user's reward function from ``path/to/file.py:function`` or ``module.sub:function``.
 
-:func:`load_callable` is the loader of every extension point given by path (reward functions,
-policy losses, advantage estimators, ...), with the same error messages for each.
-
 The function's signature picks its calling convention (``async def`` works in every form):
 
 - batch: ``fn(prompts, completions, **columns) -> list[float | None]``
@@ -218,22 +215,21 @@ def load_reward_function(spec: str, *, search_dirs: Sequence[Path] = ()) -> Rewa
         AttributeError: the module has no such name (its callables are listed).
         TypeError: the object is not callable or has none of the accepted signatures.
     """
-    fn, source = load_callable(spec, "reward", search_dirs=search_dirs)
-    name = getattr(fn, "__name__", spec.rpartition(":")[2])
-    return replace(_describe(spec, fn, name), source=source)
+    fn, source = load_object(spec, "reward", search_dirs=search_dirs)
+    return replace(_describe(spec, fn, getattr(fn, "__name__", spec.rpartition(":")[2])), source=source)
 
 
-def load_callable(
-    spec: str, kind: str, *, search_dirs: Sequence[Path] = ()
-) -> tuple[Callable[..., Any], str]:
-    """The callable named by ``spec`` (``path/to/file.py:name`` or ``module.sub:name``) and the spec
-    with a file path made absolute (what another process loads). ``kind`` names the extension
-    point in the error messages ("reward", "algorithm.policy_loss", ...); the errors are those
-    listed in :func:`load_reward_function`."""
+def load_object(spec: str, kind: str, *, search_dirs: Sequence[Path] = ()) -> tuple[Callable[..., Any], str]:
+    """The callable named by ``spec`` (``path/to/file.py:name`` or ``module.sub:name``) and its
+    source (the spec with a file path made absolute, for other processes to load). ``kind`` names
+    the extension point in error messages (``reward``, ``agent``, ``environment``...); the errors are
+    those listed in :func:`load_reward_function`, the signature check excepted."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
-        raise ValueError(f"{kind} spec {spec!r} must be 'path/to/file.py:function' or 'module.sub:function'")
-    path = _find_file(spec, kind, target, search_dirs) if target.endswith(".py") else None
+        raise ValueError(
+            f"{kind} function spec {spec!r} must be 'path/to/file.py:function' or 'module.sub:function'"
+        )
+    path = _find_file(spec, target, search_dirs, kind) if target.endswith(".py") else None
     try:
         module = importlib.import_module(target) if path is None else _import_file(path)
     except Exception as error:
@@ -258,7 +254,7 @@ def load_callable(
     return fn, spec if path is None else f"{path}:{attr}"
 
 
-def _find_file(spec: str, kind: str, target: str, search_dirs: Sequence[Path]) -> Path:
+def _find_file(spec: str, target: str, search_dirs: Sequence[Path], kind: str) -> Path:
     """The first existing candidate for the file ``target``, resolved."""
     path = Path(target)
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, *(Path(d) / path for d in search_dirs)]

@@ -114,7 +114,7 @@ class VLLMEngine:
         two prompts share a random stream."""
         from vllm import SamplingParams
 
-        self._finish_update()
+        self.finish_update()
         rng = random.Random(seed)
         params = [
             SamplingParams(
@@ -156,10 +156,11 @@ class VLLMEngine:
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load one bucket of (Hugging Face name, tensor) pairs in place; returns the bytes.
 
-        Consecutive calls form one update, closed before the next generate: a layer whose tensors
-        straddle two buckets is processed once all of them have arrived. The tensors are copied
-        first, since a transport reuses its bucket buffer for the next bucket. With LoRA they
-        are adapter tensors (peft names), kept until the update is closed."""
+        Consecutive calls form one update, closed by :meth:`finish_update` (the rollout worker
+        calls it once a whole set of weights has arrived) or else before the next generate: a
+        layer whose tensors straddle two buckets is processed once all of them have arrived.
+        The tensors are copied first, since a transport reuses its bucket buffer for the next
+        bucket. With LoRA they are adapter tensors (peft names), kept until the update is closed."""
         if self.lora:
             self._update_open = True
             return self.lora.receive(tensors)
@@ -182,9 +183,11 @@ class VLLMEngine:
         self.llm.collective_rpc(_begin_reload)
         self._update_open = True
 
-    def _finish_update(self) -> None:
+    def finish_update(self) -> None:
         """Close an open weight update: process the layers still waiting (attention, partially
-        sent ones) and drop every prefix-cache entry computed with the old weights."""
+        sent ones) and drop every prefix-cache entry computed with the old weights. An update
+        left open must not take a second set of weights: each layer it processed holds its
+        kernel-format parameters again, which have no ``weight_loader`` to load into."""
         if not self._update_open:
             return
         if self.lora:  # prefix-cache entries belong to a LoRA id: a new id shares none of them
@@ -199,7 +202,7 @@ class VLLMEngine:
         the first worker. Parameters a backend has repacked into a kernel format and emptied (the
         CPU backend's linear layers) are left out. With LoRA the adapters last received (peft
         names) are added."""
-        self._finish_update()
+        self.finish_update()
         weights = self.llm.collective_rpc(_state_dict)[0]
         return {**weights, **self.lora.tensors} if self.lora else weights
 
@@ -210,7 +213,7 @@ class VLLMEngine:
         level 2 frees both (the next weight sync refills them; not with LoRA, whose syncs carry
         only the adapters). Without rollout.vllm.enable_sleep_mode (always so on the CPU, where
         vLLM has no sleep mode) the engine keeps its memory and this only logs that once."""
-        self._finish_update()
+        self.finish_update()
         if self.lora and level >= 2:
             raise ValueError(
                 "sleep level 2 would drop the base weights, which LoRA syncs do not resend: use level 1"

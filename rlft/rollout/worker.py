@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlft.config import ModelConfig, RolloutConfig, SamplingConfig
+from rlft.config import EnvConfig, ModelConfig, RolloutConfig, SamplingConfig
 from rlft.modeling import default_device
 from rlft.registry import NoTraits, Registry
 from rlft.rollout.engine import Completion, Engine
+from rlft.rollout.episode import Episode
 from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
 
 ENGINES: Registry[NoTraits] = Registry("rollout.engine", arguments=("model_cfg", "rollout_cfg"))
@@ -56,6 +59,16 @@ def make_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> Engine:
     return ENGINES.lookup(resolve_engine(rollout_cfg.engine, model_cfg))(model_cfg, rollout_cfg)
 
 
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What a rollout worker needs to play episodes: the env config and where to find its files."""
+
+    cfg: EnvConfig
+    search_dirs: tuple[Path, ...] = ()
+    prompt_column: str = "prompt"
+    system_prompt: str | None = None
+
+
 class RolloutWorker:
     """Generates completions with the newest weights it was sent and tags each with their version."""
 
@@ -64,6 +77,7 @@ class RolloutWorker:
             torch.set_num_threads(num_threads)
         self.engine = make_engine(model_cfg, rollout_cfg)
         self.policy_version = 0
+        self._runner: tuple[EpisodeSettings, Any] | None = None
 
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int
@@ -74,9 +88,37 @@ class RolloutWorker:
                 completion.policy_version = self.policy_version
         return groups
 
+    def run_episodes(
+        self,
+        rows: list[dict[str, Any]],
+        n: int,
+        sampling: SamplingConfig,
+        seed: int,
+        env: EpisodeSettings,
+    ) -> list[list[Episode]]:
+        """``n`` multi-turn episodes of each dataset row with the environment ``env.cfg.path``,
+        every turn generated in one engine call over the live episodes (:mod:`rlft.envs.loop`)."""
+        from rlft.envs.loop import EpisodeRunner
+
+        if self._runner is None or self._runner[0] != env:
+            runner = EpisodeRunner(
+                env.cfg, self.engine.tokenizer, env.search_dirs, env.prompt_column, env.system_prompt
+            )
+            self._runner = (env, runner)
+
+        def generate(prompts: list[list[int]], turn: SamplingConfig, turn_seed: int) -> list[Completion]:
+            return [group[0] for group in self.engine.generate(prompts, 1, turn, turn_seed)]
+
+        groups = self._runner[1].run(generate, rows, n, sampling, seed)
+        for group in groups:
+            for episode in group:
+                episode.policy_version = self.policy_version
+        return groups
+
     def load_weights(self, update: WeightUpdate) -> int:
         """Load new policy weights (bucket by bucket, in place); returns the bytes received."""
         self.engine.load_named_tensors(update.named_tensors())
+        self.engine.finish_update()
         self.policy_version = update.version
         return update.nbytes
 
@@ -95,7 +137,8 @@ class RolloutWorker:
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Copy named tensors into the engine's model in place (no reload); returns the bytes."""
+        """Copy named tensors into the engine's model in place (no reload); returns the bytes.
+        Consecutive calls form one update, closed by the next generate."""
         return self.engine.load_named_tensors(tensors)
 
     def join_weight_group(self, spec: WeightGroupSpec, rank: int) -> None:
@@ -106,11 +149,15 @@ class RolloutWorker:
         """Collective transport: receive the learner's broadcast (version, then buckets, each
         loaded as it arrives); returns the bytes received."""
         self.policy_version, nbytes = self._weight_receiver.receive(self.engine.load_named_tensors)
+        self.engine.finish_update()
         return nbytes
 
     def load_weight_bucket(self, payload: BucketPayload) -> int:
-        """CUDA IPC transport: load one bucket (mapped from the learner's GPU, or by value)."""
+        """CUDA IPC transport: load one bucket (mapped from the learner's GPU, or by value); the
+        last bucket of a sync closes the update."""
         nbytes = load_bucket(payload, self.engine.load_named_tensors)
+        if payload.last:
+            self.engine.finish_update()
         self.policy_version = payload.version
         return nbytes
 

@@ -16,58 +16,75 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlft.cluster import Cluster
+from rlft.cluster import Cluster, constructor_error
 from rlft.config import RLFTConfig
 from rlft.data.prompts import PromptSampler
+from rlft.errors import SetupError
 from rlft.evaluation import Evaluator
 from rlft.learner.group import LearnerGroup
 from rlft.learner.learner import Learner
-from rlft.modeling import load_tokenizer
-from rlft.preflight import SetupError, check_resources, resource_demand
+from rlft.modeling import check_model_source, context_length, load_tokenizer
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
 from rlft.shipped import SHIPPED_ROOT
-from rlft.tracking import make_trackers
+from rlft.tracking import Trackers, make_trackers
 from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
+from rlft.trainers.run_dir import CompletedSteps, RunDirectory
+from rlft.validation import check_context
 from rlft.weights import make_transport
 
+PROJECT_ROOT = SHIPPED_ROOT
+"""Relative paths like ``rewards/synthetic.py:fn`` resolve against the current directory, then here
+(rlft's shipped ``rewards/`` and ``envs/``, in a checkout or an installed wheel)."""
+
 log = logging.getLogger("rlft.trainer")
+
+__all__ = ["SetupError", "train"]  # SetupError lives in rlft.errors; importable from here as before
 
 
 def train(cfg: RLFTConfig) -> Path:
     """Run ``cfg.trainer.max_steps`` RL steps; returns the run directory.
 
     If an actor dies (``trainer.max_restarts`` times at most), every actor is killed and started
-    afresh, and the run continues from its newest checkpoint (or from the start)."""
-    run_dir = Path(cfg.trainer.output_dir)
-    inputs = _prepare(cfg, run_dir)
-    checkpoint.create_run_dir(cfg)  # only once the input is known to be good
-
-    resume_from, fresh_sampler = inputs.resume_from, inputs.sampler.state_dict()
-    with Cluster(cfg.cluster) as cluster, inputs.rewards or nullcontext():  # ends reward workers
+    afresh, and the run continues from its newest checkpoint (or from the start). An actor whose
+    constructor raised is not restarted: it would raise again."""
+    inputs = _prepare(cfg)
+    # The run directory is locked and written only once the input is known to be good.
+    with RunDirectory(cfg) as run, Cluster(cfg.cluster) as cluster, inputs.rewards or nullcontext():
         if (total := cluster.total_resources()) is not None:
             check_resources(resource_demand(cfg), total)
+        resume_from, fresh_sampler = run.resume_from, inputs.sampler.state_dict()
+        trackers = make_trackers(cfg.tracking, run.path, cfg.trainer.max_steps, run.start_step, asdict(cfg))
         restart_max = cfg.trainer.max_restarts
-        for restart in range(restart_max + 1):
-            try:
-                run_steps(cfg, cluster, run_dir, inputs, resume_from)
-                break
-            except cluster.actor_died as err:
-                if restart == restart_max:
-                    raise
-                log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
-                cluster.kill_all()
-                resume_from = checkpoint.latest_checkpoint(run_dir) or inputs.resume_from
-                inputs.sampler.load_state_dict(fresh_sampler)  # the checkpoint (if any) restores it
-    return run_dir
+        with trackers:
+            for restart in range(restart_max + 1):
+                try:
+                    run_steps(cfg, cluster, run.path, inputs, resume_from, trackers)
+                    break
+                except cluster.actor_died as err:
+                    if (message := constructor_error(err)) is not None:  # it would fail again
+                        raise SetupError(message) from err
+                    if restart == restart_max:
+                        raise
+                    log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
+                    cluster.kill_all()
+                    resume_from = checkpoint.latest_checkpoint(run.path) or run.resume_from
+                    inputs.sampler.load_state_dict(fresh_sampler)  # the checkpoint (if any) restores it
+    return run.path
 
 
 def run_steps(
-    cfg: RLFTConfig, cluster: Cluster, run_dir: Path, inputs: _Inputs, resume_from: Path | None
+    cfg: RLFTConfig,
+    cluster: Cluster,
+    run_dir: Path,
+    inputs: _Inputs,
+    resume_from: Path | None,
+    trackers: Trackers,
 ) -> None:
-    """Start the actors, restore ``resume_from`` (if any), then run the remaining steps."""
+    """Start the actors, restore ``resume_from`` (if any), then run the remaining steps. Ctrl-C
+    ends it with :class:`Interrupted`, after checkpointing the last step if it is complete."""
     learner, workers = start_workers(cluster, cfg)
     rollouts = RolloutContext(
         cfg,
@@ -84,9 +101,11 @@ def run_steps(
     # trainer.async: the next max_staleness steps' rollouts are collected while the learner trains.
     depth = cfg.trainer.max_staleness if cfg.trainer.asynchronous else 0
     pipeline = RolloutPipeline(lambda step: collect(rollouts, step), depth, threaded=not cluster.local)
+    if resume_from is not None:  # the rollouts it holds for later steps, with trainer.async
+        pipeline.restore(resume_from, inputs.sampler)
 
-    trackers = make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg))
-    with trackers, closing(pipeline):
+    done = CompletedSteps(start_step)
+    with done.checkpoint_on_interrupt(cfg.trainer, run_dir), closing(pipeline):
         for step in range(start_step + 1, cfg.trainer.max_steps + 1):
             step_start = time.perf_counter()
 
@@ -95,7 +114,7 @@ def run_steps(
             # draws more prompts until B groups carry a learning signal. With trainer.async this
             # rollout was started up to max_staleness steps ago, while earlier updates ran; the
             # pipeline's order makes its samples at most that many policy versions old.
-            rollout, wait_s = pipeline.next(step, cfg.trainer.max_steps)
+            rollout, wait_s = pipeline.next(step)
             staleness = rollout.staleness(learner_version=step - 1)
             if staleness.max() > depth:  # cannot happen unless the pipeline's invariant broke
                 raise RuntimeError(f"step {step}: samples {staleness.max():.0f} versions old, over {depth}")
@@ -106,8 +125,9 @@ def run_steps(
             _on_workers(cluster, workers, "sleep", cfg.cluster.colocate)
             logged = min(cfg.tracking.samples_per_step, len(rollout.completions))
             token_stats = None
-            if cfg.tracking.token_stats and logged:  # before the update: the policy that is trained
+            if cfg.tracking.token_stats and logged and rollout.episodes is None:  # before the update
                 token_stats = cluster.get(learner.token_stats.remote(rollout.samples(), list(range(logged))))
+            done.updating()  # from here until the step is logged and saved, no checkpoint on Ctrl-C
             learner_metrics = learner.train_step(rollout.samples())
             _on_workers(cluster, workers, "wake_up", cfg.cluster.colocate)
 
@@ -134,8 +154,11 @@ def run_steps(
             trackers.log(metrics, step)
             trackers.log_samples(rollout.sample_rows(logged, token_stats, inputs.tokenizer), step)
 
-            # The sampler's position as of this step's prompts (async rollouts may be drawing more).
-            checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, SamplerState(rollout.sampler_state))
+            # The sampler's position as of this step's prompts; the async rollouts drawn beyond it
+            # are saved with their own position (pipeline.save).
+            save_args = (run_dir, step, learner, SamplerState(rollout.sampler_state), pipeline)
+            checkpoint.save_if_due(cfg.trainer, *save_args)
+            done.completed(step, save_args)  # what a Ctrl-C before the next update checkpoints
 
 
 def _on_workers(cluster: Cluster, workers: list[Any], method: str, enabled: bool) -> None:
@@ -152,23 +175,43 @@ class _Inputs:
     rewards: RewardManager | None
     tokenizer: Any
     evaluator: Evaluator | None
-    resume_from: Path | None
 
 
-def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
+def _prepare(cfg: RLFTConfig) -> _Inputs:
     """Everything that can fail on bad input, checked before any actor starts."""
     try:
+        check_model(cfg)
         tokenizer = load_tokenizer(cfg.model)
         sampler = PromptSampler(cfg.data, cfg.trainer.seed, tokenizer, cfg.model.max_prompt_tokens)
         rewards = None
         if cfg.reward.functions:
-            rewards = RewardManager.from_config(cfg.reward, search_dirs=[SHIPPED_ROOT])
+            rewards = RewardManager.from_config(cfg.reward, search_dirs=[PROJECT_ROOT])
             rewards.check_columns(c for c in sampler.columns if c != cfg.data.prompt_column)
-        evaluator = Evaluator(cfg, tokenizer, [SHIPPED_ROOT]) if cfg.eval.every_steps else None
-        resume_from = checkpoint.checkpoint_to_resume(cfg.trainer.resume, run_dir)
-        return _Inputs(sampler, rewards, tokenizer, evaluator, resume_from)
+        if cfg.env.path is not None:  # loads the environment, its tools and parser; builds one
+            from rlft.envs.loop import EpisodeRunner
+
+            EpisodeRunner(
+                cfg.env, tokenizer, [PROJECT_ROOT], cfg.data.prompt_column, cfg.data.system_prompt
+            ).check()
+        evaluator = Evaluator(cfg, tokenizer, [PROJECT_ROOT]) if cfg.eval.every_steps else None
+        return _Inputs(sampler, rewards, tokenizer, evaluator)
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
         raise SetupError(str(err)) from err
+
+
+def check_model(cfg: RLFTConfig) -> None:
+    """The model, tokenizer, critic and reward-model paths exist (or are hub ids that can be
+    loaded), and the model's context holds the longest prompt plus the longest completion."""
+    sources = {
+        "model.path": cfg.model.path,
+        "model.tokenizer_path": cfg.model.tokenizer_path,
+        "model.critic_path": cfg.model.critic_path,
+        "reward.model.path": cfg.reward.model.path,
+    }
+    for key, path in sources.items():
+        if path is not None:
+            check_model_source(path, key)
+    check_context(cfg, context_length(cfg.model))
 
 
 def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list[Any]]:
@@ -198,6 +241,52 @@ def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list
         sharded=lc.strategy == "fsdp2",
     )
     return learner, spawn_rollout_workers(cluster, cfg.model, rc, rollout_gpus)
+
+
+def resource_demand(cfg: RLFTConfig) -> dict[str, tuple[float, float]]:
+    """What the run's actors reserve on Ray: (CPUs, GPUs) for each part, keyed by the config keys
+    that set them. With ``cluster.colocate`` the placement group holds the learners and rollout
+    workers (their CPUs summed, the learners' GPUs); the reward-model actor is outside it. A
+    preference run (``algorithm.kind=preference``) starts the learners only."""
+    lc, rc, rm = cfg.learner, cfg.rollout, cfg.reward.model
+    learners = (lc.num_workers * lc.num_cpus_per_worker, lc.num_workers * lc.num_gpus_per_worker)
+    if cfg.algorithm.kind == "preference":
+        return {"learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": learners}
+    if cfg.cluster.colocate:
+        demand = {
+            "the placement group of cluster.colocate=true (learner.num_cpus_per_worker + "
+            "rollout.num_cpus_per_worker, learner.num_gpus_per_worker, per learner)": (
+                lc.num_workers * (lc.num_cpus_per_worker + rc.num_cpus_per_worker),
+                lc.num_workers * lc.num_gpus_per_worker,
+            )
+        }
+    else:
+        demand = {
+            "learners (learner.num_cpus_per_worker, learner.num_gpus_per_worker)": learners,
+            "rollout workers (rollout.num_cpus_per_worker, rollout.num_gpus_per_worker)": (
+                rc.num_workers * rc.num_cpus_per_worker,
+                rc.num_workers * rc.num_gpus_per_worker,
+            ),
+        }
+    if rm.path is not None:
+        demand["the reward model (reward.model.num_cpus, reward.model.num_gpus)"] = (rm.num_cpus, rm.num_gpus)
+    return demand
+
+
+def check_resources(demand: dict[str, tuple[float, float]], total: dict[str, float]) -> None:
+    """Raise a SetupError, before any actor starts, if ``demand`` (:func:`resource_demand`) needs
+    more CPUs or GPUs than the Ray instance has in ``total``: Ray would wait for them forever."""
+    for index, resource in enumerate(("CPU", "GPU")):
+        parts = {name: amounts[index] for name, amounts in demand.items() if amounts[index] > 0}
+        need, have = sum(parts.values()), total.get(resource, 0.0)
+        if need > have + 1e-9:
+            listed = "; ".join(f"{amount:g} for {name}" for name, amount in parts.items())
+            # Ray's CPU count is a number to reserve from, not the cores: it may exceed them.
+            more = f" or raise cluster.num_cpus to {need:g}" if resource == "CPU" else ""
+            raise SetupError(
+                f"the actors reserve {need:g} {resource}s but Ray has {have:g}, so it would wait for "
+                f"them forever: {listed}. Lower those keys (fractions such as 0.5 are fine){more}"
+            )
 
 
 def _start_reward_model(cluster: Cluster, cfg: RLFTConfig) -> Any | None:
