@@ -49,6 +49,19 @@ def test_engine_choice_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         make_engine(ModelConfig(), RolloutConfig(engine="vllm"))
 
 
+def test_vllm_version_range(caplog: pytest.LogCaptureFixture) -> None:
+    """Releases older than the tested range are refused with the install command; newer ones warn."""
+    for version in ("0.26.0", "0.32.0", "0.26.0+cu130", "0.32.1rc1.dev3"):
+        vllm_engine.check_vllm_version(version)
+    assert not caplog.records
+    with pytest.raises(
+        ImportError, match=r"vLLM 0\.26 to 0\.32, but vLLM 0\.25\.1 .*pip install 'vllm>=0\.26,<0\.33'"
+    ):
+        vllm_engine.check_vllm_version("0.25.1")
+    vllm_engine.check_vllm_version("0.40.0")
+    assert "newer than the releases" in caplog.text
+
+
 @needs_vllm
 @pytest.mark.slow
 def test_quickstart_with_vllm_learns(quickstart_learns: Callable[..., list[dict]], tmp_path: Path) -> None:
@@ -191,3 +204,12 @@ def test_weight_sync_is_real(actors) -> None:
     update = cluster.get(learner.get_weights.remote())
     vllm_embed = cluster.get(worker.get_weights.remote())["model.embed_tokens.weight"]
     assert torch.equal(vllm_embed, update.tensors["model.embed_tokens.weight"])
+
+
+def test_direct_weight_update_refused_where_vllm_repacks(tiny_model_dir: Path) -> None:
+    """vLLM's CPU backend repacks its linear weights after loading, so copying new weights straight
+    into its parameters would leave the packed copies stale: weight_update=auto takes the layerwise
+    reload there (every test above syncs through it), and an explicit direct is refused, saying why."""
+    refused = pytest.raises(Exception, match=r"weight_update=direct, but vLLM's cpu backend repacks weights")
+    with refused, vllm_actors(tiny_model_dir, "rollout.vllm.weight_update=direct") as (cluster, _, worker):
+        cluster.get(worker.generate.remote(PROMPTS, 1, SamplingConfig(max_new_tokens=2), 0))

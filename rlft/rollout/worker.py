@@ -10,7 +10,14 @@ import torch
 from rlft.config import ModelConfig, RolloutConfig, SamplingConfig
 from rlft.modeling import default_device
 from rlft.rollout.engine import Completion, Engine
-from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
+from rlft.weights import (
+    BucketPayload,
+    CollectiveReceiver,
+    WeightGroupSpec,
+    WeightUpdate,
+    gpu_uuid,
+    load_bucket,
+)
 
 ENGINES = ("auto", "hf", "vllm")
 
@@ -89,6 +96,11 @@ class RolloutWorker:
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Copy named tensors into the engine's model in place (no reload); returns the bytes."""
         return self.engine.load_named_tensors(tensors)
+
+    def weight_sync_device(self) -> str | None:
+        """``weights.transport=auto``: the UUID of the GPU the engine's weights are on (its first,
+        with tensor parallelism), or None on the CPU."""
+        return gpu_uuid(default_device())
 
     def join_weight_group(self, spec: WeightGroupSpec, rank: int) -> None:
         """Collective transport: join the learner's weight-sync group as ``rank`` (1..R)."""
