@@ -338,7 +338,7 @@ def main() -> None:
         "--vllm-gpu-memory", type=float, default=0.3, help="vLLM's GPU share, every vLLM side"
     )
     parser.add_argument(
-        "--max-model-len", type=int, default=2048, help="vLLM's longest sequence (0: the model's 32k)"
+        "--max-model-len", type=int, default=0, help="vLLM's longest sequence (0: the model's own)"
     )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)

@@ -55,6 +55,7 @@ from rlft.config import (
     SamplingConfig,
     VLLMEngineConfig,
 )
+from rlft.learner.batch import Sample
 from rlft.learner.learner import Learner
 from rlft.rollout.worker import RolloutWorker
 from rlft.tiny_model import build_tiny_model
@@ -143,6 +144,8 @@ class Result:
     max_ms: float
     gb_per_s: float
     verified: bool
+    logprob_gap: float
+    stale_logprob_gap: float
     times_ms: list[float]
 
 
@@ -164,12 +167,14 @@ def run_case(
     times = sorted(r["timing/weight_sync_s"] * 1e3 for r in runs)
     nbytes = runs[-1]["weight_sync/bytes"]
 
+    stale = _samples(cluster.get(worker.generate.remote(PROMPTS, 4, SAMPLING, 0))) if fused else []
     cluster.get(learner.perturb.remote())
     transport.sync(cluster, learner, [worker])
     (want_version, want), (got_version, got) = cluster.get(
         [learner.fingerprint.remote(), worker.fingerprint.remote()]
     )
     verified = want_version == got_version and same_weights(want, got, fused)
+    gaps = logprob_gaps(cluster, learner, worker, stale) if fused else (float("nan"), float("nan"))
 
     median = statistics.median(times)
     return Result(
@@ -183,15 +188,52 @@ def run_case(
         max_ms=times[-1],
         gb_per_s=nbytes / 1e9 / (median / 1e3),
         verified=verified,
+        logprob_gap=gaps[0],
+        stale_logprob_gap=gaps[1],
         times_ms=[round(t, 3) for t in times],
     )
 
 
+PROMPTS = [list(range(5 + i, 69 + i)) for i in range(4)]
+SAMPLING = SamplingConfig(max_new_tokens=32)
+
+
+def _samples(groups: list[list[Any]]) -> list[Sample]:
+    return [
+        Sample(PROMPTS[i], c.token_ids, c.logprobs, 0.0, i, c.policy_version)
+        for i, group in enumerate(groups)
+        for c in group
+    ]
+
+
+def _mean_gap(cluster: Cluster, learner: Any, samples: list[Sample]) -> float:
+    """Mean |sampler logprob - the learner's recomputed logprob| over every completion token."""
+    ours = cluster.get(learner.completion_logprobs.remote(samples))
+    pairs = [
+        pair
+        for s, row in zip(samples, ours, strict=True)
+        for pair in zip(s.sampler_logprobs, row, strict=True)
+    ]
+    gaps = [abs(a - b) for a, b in pairs]
+    return sum(gaps) / len(gaps)
+
+
+def logprob_gaps(cluster: Cluster, learner: Any, worker: Any, stale: list[Sample]) -> tuple[float, float]:
+    """End to end: vLLM's sampler logprobs after the check's sync against the learner's, and the
+    same for samples drawn before it (the old weights: the gap a missed update would leave)."""
+    fresh = _samples(cluster.get(worker.generate.remote(PROMPTS, 4, SAMPLING, 1)))
+    return _mean_gap(cluster, learner, fresh), _mean_gap(cluster, learner, stale)
+
+
 def table(results: list[Result]) -> str:
-    head = "transport     bucket_MB   GB    first_s  median_ms  min_ms   p90_ms   max_ms    GB/s  same"
+    head = (
+        "transport     bucket_MB   GB    first_s  median_ms  min_ms   p90_ms   max_ms    GB/s  same  "
+        "gap  stale_gap"
+    )
     rows = [
         f"{r.transport:<13} {r.bucket_mb:>9g} {r.gb:5.3f} {r.first_s:8.3f} {r.median_ms:10.2f} "
-        f"{r.min_ms:7.2f} {r.p90_ms:8.2f} {r.max_ms:8.2f} {r.gb_per_s:7.1f}  {r.verified}"
+        f"{r.min_ms:7.2f} {r.p90_ms:8.2f} {r.max_ms:8.2f} {r.gb_per_s:7.1f}  {r.verified}  "
+        f"{r.logprob_gap:.2e}  {r.stale_logprob_gap:.2e}"
         for r in results
     ]
     return "\n".join([head, *rows])
@@ -245,7 +287,7 @@ def main() -> None:
         vllm = VLLMEngineConfig(
             gpu_memory_utilization=0.3,
             enforce_eager=True,
-            max_model_len=1024,
+            max_model_len=512,  # the tiny model's limit; prompts + completions here are < 100 tokens
             weight_update=args.vllm_weight_update,
         )
         rollout = RolloutConfig(engine=args.engine, vllm=vllm)

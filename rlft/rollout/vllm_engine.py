@@ -217,18 +217,22 @@ class VLLMEngine:
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load one bucket of (Hugging Face name, tensor) pairs in place; returns the bytes.
 
-        Consecutive calls form one update, closed before the next generate: a layer whose tensors
-        straddle two buckets is processed once all of them have arrived. The tensors are copied
-        first, since a transport reuses its bucket buffer for the next bucket. With LoRA they
-        are adapter tensors (peft names), kept until the update is closed."""
+        Consecutive calls form one update, closed before the next generate, or when a tensor of
+        it arrives again (the next update began: two syncs with no generate between): a layer
+        whose tensors straddle two buckets is processed once all of them have arrived. With LoRA
+        they are adapter tensors (peft names), kept until the update is closed."""
         if self.lora:
             self._update_open = True
             return self.lora.receive(tensors)
-        if not self._update_open:
-            self._begin_update()
         # direct: copied into the parameters now (in stream order, before the transport reuses
         # its buffer); layerwise: kept until the layer is complete, so copied first.
         batch = [(name, t if self.direct_update else t.detach().clone()) for name, t in tensors]
+        names = {name for name, _ in batch}
+        if self._update_open and not names.isdisjoint(self._received):
+            self._finish_update()
+        if not self._update_open:
+            self._begin_update()
+        self._received |= names
         self.llm.collective_rpc(_load_tensors, args=(self._with_tied(batch),))
         return sum(t.numel() * t.element_size() for _, t in batch)
 
@@ -245,6 +249,7 @@ class VLLMEngine:
         if not self.direct_update:
             self.llm.collective_rpc(_begin_reload)
         self._update_open = True
+        self._received: set[str] = set()
 
     def _finish_update(self) -> None:
         """Close an open weight update: process the layers still waiting (attention, partially
@@ -432,7 +437,7 @@ def _direct_update_blocker(worker: Any) -> str | None:
     from vllm.platforms import current_platform
 
     model_config = worker.vllm_config.model_config
-    if not current_platform.is_cuda_alike():
+    if not current_platform.is_cuda():  # (ROCm kernels may shuffle weights in place)
         return f"vLLM's {current_platform.device_type} backend repacks weights after loading"
     if model_config.quantization:
         return f"the model is quantized ({model_config.quantization})"
