@@ -182,7 +182,8 @@ def test_weight_sync_is_real(actors) -> None:
     """After a training step the learner's weights, moved by a real transport, make vLLM report
     the learner's logprobs for vLLM's own samples; vLLM's samples from before the sync do not.
     Collective (gloo) in ~50 KB buckets: layers straddle buckets and the tied LM head travels once,
-    as the embedding. Then the object store (whole state dict) after a second step."""
+    as the embedding. Then the object store (whole state dict) after a second step. Each
+    transport syncs twice in a row: the second update opens with no generate between them."""
     cluster, learner, worker = actors
     sampling = SamplingConfig(max_new_tokens=8)
     before = _samples(_generate(actors, 4, sampling, seed=11))
@@ -190,6 +191,7 @@ def test_weight_sync_is_real(actors) -> None:
 
     for step, transport in enumerate([CollectiveTransport(bucket_mb=0.05), ObjectStoreTransport()], 1):
         learner.train_step(before)  # LearnerGroup: runs the step on the learner actor
+        transport.sync(cluster, learner, [worker])
         metrics = transport.sync(cluster, learner, [worker])
         assert metrics["weight_sync/bytes"] > 0
         after = _samples(_generate(actors, 4, sampling, seed=11))
