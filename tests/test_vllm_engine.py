@@ -88,6 +88,16 @@ def test_quickstart_with_vllm_syncs_every_step(
     assert metrics[-1]["policy_version"] == steps
 
 
+def test_direct_weight_update_refused_where_vllm_repacks(tiny_model_dir: Path) -> None:
+    """vLLM's CPU backend repacks its linear weights after loading, so copying new weights straight
+    into its parameters would leave the packed copies stale: weight_update=auto takes the layerwise
+    reload there (every weight-sync test here goes through it), and an explicit direct is refused,
+    saying why. (Before the module's ``actors`` fixture starts: a second Ray cluster cannot.)"""
+    refused = pytest.raises(Exception, match=r"weight_update=direct, but vLLM's cpu backend repacks weights")
+    with refused, vllm_actors(tiny_model_dir, "rollout.vllm.weight_update=direct") as (cluster, _, worker):
+        cluster.get(worker.generate.remote(PROMPTS, 1, SamplingConfig(max_new_tokens=2), 0))
+
+
 @contextmanager
 def vllm_actors(tiny_model_dir: Path, *overrides: str) -> Iterator[tuple[Cluster, object, object]]:
     """A Ray learner (quickstart recipe, ``overrides`` on top) and one Ray rollout worker with the
@@ -206,12 +216,3 @@ def test_weight_sync_is_real(actors) -> None:
     update = cluster.get(learner.get_weights.remote())
     vllm_embed = cluster.get(worker.get_weights.remote())["model.embed_tokens.weight"]
     assert torch.equal(vllm_embed, update.tensors["model.embed_tokens.weight"])
-
-
-def test_direct_weight_update_refused_where_vllm_repacks(tiny_model_dir: Path) -> None:
-    """vLLM's CPU backend repacks its linear weights after loading, so copying new weights straight
-    into its parameters would leave the packed copies stale: weight_update=auto takes the layerwise
-    reload there (every test above syncs through it), and an explicit direct is refused, saying why."""
-    refused = pytest.raises(Exception, match=r"weight_update=direct, but vLLM's cpu backend repacks weights")
-    with refused, vllm_actors(tiny_model_dir, "rollout.vllm.weight_update=direct") as (cluster, _, worker):
-        cluster.get(worker.generate.remote(PROMPTS, 1, SamplingConfig(max_new_tokens=2), 0))
