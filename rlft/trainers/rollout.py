@@ -56,6 +56,8 @@ class Rollout:
     sampler_state: dict[str, Any] = field(default_factory=dict)
     """The prompt sampler's state right after this rollout drew its prompts: what a checkpoint of
     the step that trains on it stores (later rollouts may already be drawing, with trainer.async)."""
+    reward_columns: dict[str, list[float | None]] = field(default_factory=dict)
+    """Each reward function's value per sample (by its metric name), for samples.jsonl."""
 
     def groups(self, keep: torch.Tensor) -> Rollout:
         """Only the groups where ``keep`` (one bool per group) is true."""
@@ -71,6 +73,7 @@ class Rollout:
             self.reward_metrics,
             self.timings,
             self.sampler_state,
+            {name: [values[i] for i in samples] for name, values in self.reward_columns.items()},
         )
 
     def extend(self, other: Rollout) -> Rollout:
@@ -86,6 +89,7 @@ class Rollout:
             other.reward_metrics,
             timings,
             other.sampler_state,
+            {name: v + other.reward_columns.get(name, []) for name, v in self.reward_columns.items()},
         )
 
     def samples(self) -> list[Sample]:
@@ -120,17 +124,37 @@ class Rollout:
             stats["reward/std"] = valid.std().item() if len(valid) > 1 else 0.0
         return stats
 
-    def sample_rows(self, n: int) -> list[dict[str, Any]]:
-        """The first ``n`` completions, for samples.jsonl."""
-        return [
-            {
+    def sample_rows(
+        self, n: int, token_stats: list[dict[str, list[float]]] | None = None, tokenizer: Any = None
+    ) -> list[dict[str, Any]]:
+        """The first ``n`` completions, for samples.jsonl: prompt, completion, combined reward, each
+        reward function's value (``rewards``), the sample's group and index in the step.
+
+        With ``token_stats`` (the learner's :meth:`~rlft.learner.learner.Learner.token_stats` of
+        these samples) each row also holds its completion ``tokens`` (each decoded alone with
+        ``tokenizer``) and, per token, the sampler's log-probability beside the learner's values."""
+        rows = []
+        for i, (c, r) in enumerate(zip(self.completions[:n], self.rewards[:n].tolist(), strict=True)):
+            row = {
                 "prompt": self.prompts[i // self.group_size],
                 "completion": c.text,
                 "reward": r,
+                "rewards": {name: values[i] for name, values in self.reward_columns.items()},
+                "group": i // self.group_size,
+                "index": i,
+                "finish_reason": c.finish_reason,
                 "policy_version": c.policy_version,
             }
-            for i, (c, r) in enumerate(zip(self.completions[:n], self.rewards[:n].tolist(), strict=True))
-        ]
+            if token_stats is not None:
+                row["tokens"] = [tokenizer.decode([t]) for t in c.token_ids]
+                row["token_stats"] = {"sampler_logprob": _rounded(c.logprobs), **token_stats[i]}
+            rows.append(row)
+        return rows
+
+
+def _rounded(values: list[float]) -> list[float]:
+    """Four decimals: plenty for colouring tokens, and about half the bytes of full floats."""
+    return [round(v, 4) for v in values]
 
 
 class SamplerState:
@@ -228,9 +252,11 @@ def rollout_round(ctx: RolloutContext, n: int, seed: int) -> Rollout:
     start = time.perf_counter()
     columns = {k: [row[k] for row in rows for _ in range(g)] for k in ctx.sampler.columns}
     columns.pop(cfg.data.prompt_column)
-    rewards, metrics = score(ctx, [p for p in prompts for _ in range(g)], completions, columns)
+    rewards, metrics, per_function = score(ctx, [p for p in prompts for _ in range(g)], completions, columns)
     timings = {"timing/rollout_s": rollout_s, "timing/reward_s": time.perf_counter() - start}
-    return Rollout(g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state)
+    return Rollout(
+        g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state, per_function
+    )
 
 
 def chunk_size(num_prompts: int, num_workers: int, prompts_per_chunk: int) -> int:
@@ -263,17 +289,20 @@ def generate(
 
 def score(
     ctx: RolloutContext, prompts: list[str], completions: list[Completion], columns: dict[str, list]
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reward functions' weighted sum + weighted reward-model score + DAPO overlong shaping."""
+) -> tuple[torch.Tensor, dict[str, float], dict[str, list[float | None]]]:
+    """Reward functions' weighted sum + weighted reward-model score + DAPO overlong shaping; also
+    each part's value per sample (reward functions by name, ``model``, ``overlong_penalty``)."""
     texts = [c.text for c in completions]
     rewards = torch.full((len(texts),), float("nan"))
     metrics: dict[str, float] = {}
+    per_function: dict[str, list[float | None]] = {}
     if ctx.rewards is not None:
-        scores, metrics = ctx.rewards.score(prompts, texts, columns)
+        scores, metrics, per_function = ctx.rewards.score_per_function(prompts, texts, columns)
         rewards = torch.tensor(scores, dtype=torch.float32)
     if ctx.reward_model is not None:
         rm = torch.tensor(ctx.cluster.get(ctx.reward_model.score.remote(prompts, texts)), dtype=torch.float32)
         metrics["reward/model/mean"] = rm.mean().item()
+        per_function["model"] = rm.tolist()
         rewards = torch.nan_to_num(rewards, nan=0.0) + ctx.cfg.reward.model.weight * rm
     algo = ctx.cfg.algorithm
     if algo.overlong_buffer_len > 0:
@@ -282,5 +311,6 @@ def score(
             lengths, ctx.cfg.rollout.sampling.max_new_tokens, algo.overlong_buffer_len, algo.overlong_penalty
         )
         metrics["reward/overlong_penalty/mean"] = penalty.mean().item()
+        per_function["overlong_penalty"] = penalty.tolist()
         rewards = rewards + penalty
-    return rewards, metrics
+    return rewards, metrics, per_function
