@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from rlft.config import HF_DECODES, Range, RLFTConfig
+from rlft.config import HF_DECODES, VLLM_WEIGHT_UPDATES, Range, RLFTConfig
 
 GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 """Advantage estimators whose baseline comes from the other samples of the prompt's group."""
@@ -78,8 +78,8 @@ def validate(cfg: RLFTConfig) -> None:
         ),
         (
             cfg.learner.strategy == "dp"
-            or (cfg.weights.transport == "object_store" and cfg.model.lora.rank == 0),
-            "learner.strategy=fsdp2 works with weights.transport=object_store and without LoRA "
+            or (cfg.weights.transport in ("auto", "object_store") and cfg.model.lora.rank == 0),
+            "learner.strategy=fsdp2 works with weights.transport=object_store (or auto) and without LoRA "
             "(model.lora.rank=0) so far; use learner.strategy=dp for the others",
         ),
         (
@@ -257,6 +257,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     for key, value, options in [
         ("rollout.engine", cfg.rollout.engine, ENGINES),
         ("rollout.hf.decode", cfg.rollout.hf.decode, HF_DECODES),
+        ("rollout.vllm.weight_update", cfg.rollout.vllm.weight_update, VLLM_WEIGHT_UPDATES),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
         ("model.lora.quantize", cfg.model.lora.quantize, QUANTIZATIONS),
         ("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION),
