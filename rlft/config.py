@@ -212,6 +212,7 @@ class HFEngineConfig:
 
 
 HF_DECODES = ("auto", "static", "generate")
+VLLM_WEIGHT_UPDATES = ("auto", "direct", "layerwise")
 
 
 @dataclass
@@ -234,6 +235,12 @@ class VLLMEngineConfig:
     has no sleep mode on the CPU: leave it false there (sleep is then a no-op)."""
     cpu_kvcache_space_gib: int = bounded(1, ge=1)
     """KV-cache size in GiB for vLLM's CPU backend (``VLLM_CPU_KVCACHE_SPACE``, unless set)."""
+    weight_update: str = "auto"
+    """How new weights enter the engine: direct (copied straight into vLLM's parameters by the
+    model's own loader: fuses q/k/v and gate/up, shards for tensor parallelism) | layerwise
+    (vLLM's layerwise reload, which reruns each layer's post-load processing, e.g. the CPU
+    backend's weight repacking or quantization) | auto (direct where vLLM uses every weight as
+    loaded: a GPU, no quantization, no MLA, no parameter reshaped after loading; else layerwise)."""
 
 
 @dataclass
@@ -270,7 +277,7 @@ class LearnerConfig:
     """How L > 1 learners share the model: ``dp`` = each holds all of it (gradients all-reduced);
     ``fsdp2`` = parameters, gradients and optimizer state sharded over them (torch FSDP2, one unit
     per transformer block), for models that do not fit one device. fsdp2 needs
-    weights.transport=object_store and no LoRA."""
+    weights.transport=object_store (auto picks it) and no LoRA."""
     num_cpus_per_worker: float = bounded(1.0, ge=0)
     """CPUs Ray reserves for each learner (cluster.mode=ray)."""
     num_gpus_per_worker: float = bounded(0.0, ge=0)
@@ -454,8 +461,10 @@ class TeacherConfig:
 
 @dataclass
 class WeightsConfig:
-    transport: str = "object_store"
-    """How new weights reach the rollout workers: object_store (Ray's object store; works
+    transport: str = "auto"
+    """How new weights reach the rollout workers: auto (cuda_ipc when every rollout worker is on
+    the learner's GPU, collective when every one is on another GPU, else object_store; decided at
+    start from the devices the actors report) | object_store (Ray's object store; works
     everywhere) | collective (bucketed broadcast from learner rank 0: NCCL across GPUs, gloo on
     CPU; needs cluster.mode=ray) | cuda_ipc (bucketed CUDA IPC handles for workers on the
     learner's GPU)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from rlft.config import HF_DECODES, Range, RLFTConfig
+from rlft.config import HF_DECODES, VLLM_WEIGHT_UPDATES, Range, RLFTConfig
 
 
 def validate(cfg: RLFTConfig) -> None:
@@ -80,8 +80,8 @@ def validate(cfg: RLFTConfig) -> None:
         ),
         (
             cfg.learner.strategy == "dp"
-            or (cfg.weights.transport == "object_store" and cfg.model.lora.rank == 0),
-            "learner.strategy=fsdp2 works with weights.transport=object_store and without LoRA "
+            or (cfg.weights.transport in ("auto", "object_store") and cfg.model.lora.rank == 0),
+            "learner.strategy=fsdp2 works with weights.transport=object_store (or auto) and without LoRA "
             "(model.lora.rank=0) so far; use learner.strategy=dp for the others",
         ),
         (
@@ -263,7 +263,8 @@ def _check_names(cfg: RLFTConfig) -> None:
     algo = cfg.algorithm
     if cfg.rollout.engine != "auto":
         ENGINES.lookup(cfg.rollout.engine)
-    TRANSPORTS.lookup(cfg.weights.transport)
+    if cfg.weights.transport != "auto":
+        TRANSPORTS.lookup(cfg.weights.transport)
     if algo.kind == "online":
         algorithms.get_advantage(algo.advantage)
         algorithms.get_policy_loss(algo.policy_loss)
@@ -274,6 +275,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     wandb_modes = ("auto", "online", "offline", "disabled")
     for key, value, options in [
         ("rollout.hf.decode", cfg.rollout.hf.decode, HF_DECODES),
+        ("rollout.vllm.weight_update", cfg.rollout.vllm.weight_update, VLLM_WEIGHT_UPDATES),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
         ("model.lora.quantize", cfg.model.lora.quantize, QUANTIZATIONS),
         ("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION),

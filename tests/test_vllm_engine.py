@@ -50,6 +50,19 @@ def test_engine_choice_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         make_engine(ModelConfig(), RolloutConfig(engine="vllm"))
 
 
+def test_vllm_version_range(caplog: pytest.LogCaptureFixture) -> None:
+    """Releases older than the tested range are refused with the install command; newer ones warn."""
+    for version in ("0.26.0", "0.32.0", "0.26.0+cu130", "0.32.1rc1.dev3"):
+        vllm_engine.check_vllm_version(version)
+    assert not caplog.records
+    with pytest.raises(
+        ImportError, match=r"vLLM 0\.26 to 0\.32, but vLLM 0\.25\.1 .*pip install 'vllm>=0\.26,<0\.33'"
+    ):
+        vllm_engine.check_vllm_version("0.25.1")
+    vllm_engine.check_vllm_version("0.40.0")
+    assert "newer than the releases" in caplog.text
+
+
 @needs_vllm
 @pytest.mark.slow
 def test_quickstart_with_vllm_learns(quickstart_learns: Callable[..., list[dict]], tmp_path: Path) -> None:
@@ -74,6 +87,16 @@ def test_quickstart_with_vllm_syncs_every_step(
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     assert max(m["logprob_diff/sampler"] for m in metrics) < 1e-4
     assert metrics[-1]["policy_version"] == steps
+
+
+def test_direct_weight_update_refused_where_vllm_repacks(tiny_model_dir: Path) -> None:
+    """vLLM's CPU backend repacks its linear weights after loading, so copying new weights straight
+    into its parameters would leave the packed copies stale: weight_update=auto takes the layerwise
+    reload there (every weight-sync test here goes through it), and an explicit direct is refused,
+    saying why. (Before the module's ``actors`` fixture starts: a second Ray cluster cannot.)"""
+    refused = pytest.raises(Exception, match=r"weight_update=direct, but vLLM's cpu backend repacks weights")
+    with refused, vllm_actors(tiny_model_dir, "rollout.vllm.weight_update=direct") as (cluster, _, worker):
+        cluster.get(worker.generate.remote(PROMPTS, 1, SamplingConfig(max_new_tokens=2), 0))
 
 
 @needs_vllm
@@ -204,7 +227,8 @@ def test_weight_sync_is_real(actors) -> None:
     """After a training step the learner's weights, moved by a real transport, make vLLM report
     the learner's logprobs for vLLM's own samples; vLLM's samples from before the sync do not.
     Collective (gloo) in ~50 KB buckets: layers straddle buckets and the tied LM head travels once,
-    as the embedding. Then the object store (whole state dict) after a second step."""
+    as the embedding. Then the object store (whole state dict) after a second step. Each
+    transport syncs twice in a row: the second update opens with no generate between them."""
     cluster, learner, worker = actors
     sampling = SamplingConfig(max_new_tokens=8)
     before = _samples(_generate(actors, 4, sampling, seed=11))
@@ -212,6 +236,7 @@ def test_weight_sync_is_real(actors) -> None:
 
     for step, transport in enumerate([CollectiveTransport(bucket_mb=0.05), ObjectStoreTransport()], 1):
         learner.train_step(before)  # LearnerGroup: runs the step on the learner actor
+        transport.sync(cluster, learner, [worker])
         metrics = transport.sync(cluster, learner, [worker])
         assert metrics["weight_sync/bytes"] > 0
         after = _samples(_generate(actors, 4, sampling, seed=11))

@@ -14,7 +14,14 @@ from rlft.modeling import default_device
 from rlft.registry import NoTraits, Registry
 from rlft.rollout.engine import Completion, Engine
 from rlft.rollout.episode import Episode
-from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
+from rlft.weights import (
+    BucketPayload,
+    CollectiveReceiver,
+    WeightGroupSpec,
+    WeightUpdate,
+    gpu_uuid,
+    load_bucket,
+)
 
 ENGINES: Registry[NoTraits] = Registry("rollout.engine", arguments=("model_cfg", "rollout_cfg"))
 """Engine factories by ``rollout.engine`` name (``auto`` is resolved first, :func:`resolve_engine`),
@@ -138,8 +145,13 @@ class RolloutWorker:
 
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Copy named tensors into the engine's model in place (no reload); returns the bytes.
-        Consecutive calls form one update, closed by the next generate."""
+        Consecutive calls form one update, closed by the transport's last call (finish_update)."""
         return self.engine.load_named_tensors(tensors)
+
+    def weight_sync_device(self) -> str | None:
+        """``weights.transport=auto``: the UUID of the GPU the engine's weights are on (its first,
+        with tensor parallelism), or None on the CPU."""
+        return gpu_uuid(default_device())
 
     def join_weight_group(self, spec: WeightGroupSpec, rank: int) -> None:
         """Collective transport: join the learner's weight-sync group as ``rank`` (1..R)."""

@@ -33,7 +33,7 @@ from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
 from rlft.trainers.run_dir import CompletedSteps, RunDirectory
 from rlft.validation import check_context
-from rlft.weights import make_transport
+from rlft.weights import make_transport, resolve_transport
 
 PROJECT_ROOT = SHIPPED_ROOT
 """Relative paths like ``rewards/synthetic.py:fn`` resolve against the current directory, then here
@@ -95,7 +95,11 @@ def run_steps(
         inputs.tokenizer,
         _start_reward_model(cluster, cfg),
     )
-    transport = make_transport(cfg.weights.transport, cfg.weights.bucket_mb, local=cluster.local)
+    transport_name = resolve_transport(
+        cfg.weights.transport, cluster, learner, workers, sharded=cfg.learner.strategy == "fsdp2"
+    )
+    log.info("weight sync: %s (weights.transport=%s)", transport_name, cfg.weights.transport)
+    transport = make_transport(transport_name, cfg.weights.bucket_mb, local=cluster.local)
     start_step = checkpoint.resume(run_dir, resume_from, learner, inputs.sampler)
     transport.sync(cluster, learner, workers)
     # trainer.async: the next max_staleness steps' rollouts are collected while the learner trains.
