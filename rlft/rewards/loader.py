@@ -215,12 +215,21 @@ def load_reward_function(spec: str, *, search_dirs: Sequence[Path] = ()) -> Rewa
         AttributeError: the module has no such name (its callables are listed).
         TypeError: the object is not callable or has none of the accepted signatures.
     """
+    fn, source = load_object(spec, "reward", search_dirs=search_dirs)
+    return replace(_describe(spec, fn, getattr(fn, "__name__", spec.rpartition(":")[2])), source=source)
+
+
+def load_object(spec: str, kind: str, *, search_dirs: Sequence[Path] = ()) -> tuple[Callable[..., Any], str]:
+    """The callable named by ``spec`` (``path/to/file.py:name`` or ``module.sub:name``) and its
+    source (the spec with a file path made absolute, for other processes to load). ``kind`` names
+    the extension point in error messages (``reward``, ``agent``, ``environment``...); the errors are
+    those listed in :func:`load_reward_function`, the signature check excepted."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise ValueError(
-            f"reward function spec {spec!r} must be 'path/to/file.py:function' or 'module.sub:function'"
+            f"{kind} function spec {spec!r} must be 'path/to/file.py:function' or 'module.sub:function'"
         )
-    path = _find_file(spec, target, search_dirs) if target.endswith(".py") else None
+    path = _find_file(spec, target, search_dirs, kind) if target.endswith(".py") else None
     try:
         module = importlib.import_module(target) if path is None else _import_file(path)
     except Exception as error:
@@ -231,22 +240,21 @@ def load_reward_function(spec: str, *, search_dirs: Sequence[Path] = ()) -> Rewa
             else "Fix the error in the file (see the traceback above)."
         )
         raise ImportError(
-            f"reward spec {spec!r}: importing {target!r} failed: {type(error).__name__}: {error}. {fix}"
+            f"{kind} spec {spec!r}: importing {target!r} failed: {type(error).__name__}: {error}. {fix}"
         ) from error
     if not hasattr(module, attr):
         available = sorted(name for name, obj in vars(module).items() if callable(obj) and name[0] != "_")
         raise AttributeError(
-            f"reward spec {spec!r}: {target!r} has no function {attr!r}; its callables are: "
+            f"{kind} spec {spec!r}: {target!r} has no function {attr!r}; its callables are: "
             f"{', '.join(available) or 'none'}. Fix the name after ':'."
         )
     fn = getattr(module, attr)
     if not callable(fn):
-        raise TypeError(f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
-    source = spec if path is None else f"{path}:{attr}"
-    return replace(_describe(spec, fn, getattr(fn, "__name__", attr)), source=source)
+        raise TypeError(f"{kind} spec {spec!r}: {attr!r} is a {type(fn).__name__}, not a function")
+    return fn, spec if path is None else f"{path}:{attr}"
 
 
-def _find_file(spec: str, target: str, search_dirs: Sequence[Path]) -> Path:
+def _find_file(spec: str, target: str, search_dirs: Sequence[Path], kind: str) -> Path:
     """The first existing candidate for the file ``target``, resolved."""
     path = Path(target)
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, *(Path(d) / path for d in search_dirs)]
@@ -254,7 +262,7 @@ def _find_file(spec: str, target: str, search_dirs: Sequence[Path]) -> Path:
         if candidate.is_file():
             return candidate.resolve()
     raise FileNotFoundError(
-        f"reward spec {spec!r}: file {target!r} not found; looked at: {', '.join(map(str, candidates))}. "
+        f"{kind} spec {spec!r}: file {target!r} not found; looked at: {', '.join(map(str, candidates))}. "
         "Fix the path before ':' (relative paths are tried against the current directory, then the "
         "search directories)."
     )
