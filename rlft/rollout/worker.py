@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlft.config import ModelConfig, RolloutConfig, SamplingConfig
+from rlft.config import AgentConfig, ModelConfig, RolloutConfig, SamplingConfig
 from rlft.modeling import default_device
 from rlft.rollout.engine import Completion, Engine
 from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
+
+if TYPE_CHECKING:
+    from rlft.rollout.agents import AgentEpisode
 
 ENGINES = ("auto", "hf", "vllm")
 
@@ -56,6 +60,7 @@ class RolloutWorker:
             torch.set_num_threads(num_threads)
         self.engine = make_engine(model_cfg, rollout_cfg)
         self.policy_version = 0
+        self._agent: tuple[Any, Any] | None = None
 
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int
@@ -83,6 +88,31 @@ class RolloutWorker:
     def wake_up(self) -> None:
         """Colocation: the engine takes its memory back (before the weight sync)."""
         self.engine.wake_up()
+
+    def run_agents(
+        self,
+        rows: list[dict[str, Any]],
+        n: int,
+        agent_cfg: AgentConfig,
+        sampling: SamplingConfig,
+        seed: int,
+        search_dirs: tuple[Path, ...] = (),
+    ) -> list[list[AgentEpisode]]:
+        """``n`` episodes of the configured agent (``agent.path``, ``agent.verifiers`` or
+        ``agent.openenv``) on each row, against this worker's OpenAI-compatible endpoint, which
+        serves only while they run (:mod:`rlft.rollout.agents`)."""
+        from rlft.rollout.agents import load_agent, run_agents
+        from rlft.rollout.endpoint import Endpoint
+
+        if self._agent is None or self._agent[0] != (agent_cfg, search_dirs):
+            self._agent = ((agent_cfg, search_dirs), load_agent(agent_cfg, search_dirs))
+        endpoint = Endpoint(self.engine, self.engine.tokenizer, sampling, agent_cfg, seed=seed)
+        with endpoint:
+            results = run_agents(endpoint, self._agent[1], [row for row in rows for _ in range(n)], agent_cfg)
+        for result in results:
+            for episode in result.episodes:
+                episode.policy_version = self.policy_version
+        return [results[i * n : (i + 1) * n] for i in range(len(rows))]
 
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 
