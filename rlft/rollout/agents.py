@@ -31,7 +31,7 @@ from typing import Any
 
 from rlft.config import AgentConfig
 from rlft.rewards.loader import load_object
-from rlft.rollout.calls import MergeStats, calls_to_episodes
+from rlft.rollout.calls import Call, MergeStats, calls_to_episodes
 from rlft.rollout.endpoint import Endpoint
 from rlft.rollout.episode import Episode
 
@@ -49,6 +49,8 @@ class AgentEpisode:
     """``done`` | ``error`` (raised, or returned no reward) | ``timeout``."""
     error: str | None = None
     merge: MergeStats = field(default_factory=MergeStats)
+    calls: list[Call] = field(default_factory=list)
+    """The recorded calls the episodes were made of, in order."""
 
 
 def agent_spec(cfg: AgentConfig) -> tuple[str, str] | None:
@@ -141,12 +143,12 @@ async def _run_all(
                 outcome = "done" if error is None else "error"
             if outcome != "done":
                 if cfg.failure_reward is None:
-                    return AgentEpisode([], math.nan, {}, outcome, error, MergeStats(calls=len(calls)))
+                    return AgentEpisode([], math.nan, {}, outcome, error, MergeStats(calls=len(calls)), calls)
                 reward, named = cfg.failure_reward, {}
             episodes, merge = calls_to_episodes(calls, reward)
             for e in episodes:
                 e.finish_reason, e.error = ("done", None) if outcome == "done" else (outcome, error)
-            return AgentEpisode(episodes, reward, named, outcome, error, merge)
+            return AgentEpisode(episodes, reward, named, outcome, error, merge, calls)
 
     try:
         return list(await asyncio.gather(*(episode(row) for row in rows)))
