@@ -515,6 +515,34 @@ class EvalConfig:
 
 
 @dataclass
+class EnvConfig:
+    path: str | None = None
+    """Multi-turn environment class (``path/to/file.py:Class`` or ``module.sub:Class``; see
+    rlft.envs), or ``tools`` for the generic tool environment. None = single-turn rollouts."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the environment's constructor (``+env.params.name=value``)."""
+    max_turns: int = 4
+    """Assistant turns per episode at most (finish reason ``max_turns``)."""
+    max_episode_tokens: int = 1024
+    """Tokens per episode at most, prompt and every turn included; a longer episode is cut there
+    (finish reason ``max_tokens``, counted in ``env/truncated``). Keep it within the model's context."""
+    max_new_tokens_per_turn: int = 0
+    """Tokens one assistant turn may generate; 0 = rollout.sampling.max_new_tokens."""
+    step_timeout_s: float = 30.0
+    """Seconds an environment's step (or final_reward) may take; past it the episode ends with
+    finish reason ``timeout`` and env.failure_reward."""
+    failure_reward: float = 0.0
+    """Reward of an episode whose environment raised, broke the contract or timed out."""
+    tools: list[str] = field(default_factory=list)
+    """env=tools: the tools, ``python`` (rlft's sandbox) or functions by path (``my_tools.py:search``)."""
+    tool_parser: str = "hermes"
+    """How tool calls are read from the model's text: ``hermes`` (``<tool_call>{json}</tool_call>``,
+    Qwen/Hermes) or ``path/to/file.py:fn`` with ``fn(text) -> list[rlft.envs.tools.ToolCall]``."""
+    tool_timeout_s: float = 10.0
+    """env=tools: seconds one tool call may take; past it the model gets an error message back."""
+
+
+@dataclass
 class AgentConfig:
     path: str | None = None
     """Your agent, ``my_agent.py:run`` or ``module.sub:run``: ``run(client, row)`` (sync or
@@ -538,6 +566,9 @@ class AgentConfig:
     """Weights of named rewards (an agent returning a dict); a name not listed weighs 1.0."""
     max_turns: int = 8
     """openenv adapter: model replies per episode."""
+    tool_parser: str = "hermes"
+    """How the endpoint reads tool calls from a reply to a request that offers ``tools`` (as
+    env.tool_parser): ``hermes`` (``<tool_call>{json}</tool_call>``) or ``path/to/file.py:fn``."""
     max_calls_per_episode: int = 64
     """Requests one episode may make; more are refused (HTTP 429)."""
     max_context_tokens: int = 2048
@@ -568,6 +599,7 @@ class RLFTConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
 
 

@@ -8,6 +8,7 @@ documented dataclass per group, is :mod:`rlft.config`.
 from __future__ import annotations
 
 from rlft.config import HF_DECODES, RLFTConfig
+from rlft.rollout.agents import agent_spec
 
 GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 """Advantage estimators whose baseline comes from the other samples of the prompt's group."""
@@ -126,6 +127,38 @@ def validate(cfg: RLFTConfig) -> None:
         (cfg.algorithm.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1"),
         (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
         (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
+        (cfg.env.max_turns >= 1, "env.max_turns must be >= 1"),
+        (cfg.env.max_episode_tokens >= 2, "env.max_episode_tokens must be >= 2"),
+        (cfg.env.max_new_tokens_per_turn >= 0, "env.max_new_tokens_per_turn must be >= 0 (0 = rollout's)"),
+        (
+            cfg.env.step_timeout_s > 0 and cfg.env.tool_timeout_s > 0,
+            "env.step_timeout_s and env.tool_timeout_s must be > 0",
+        ),
+        (
+            cfg.env.path == "tools" or not cfg.env.tools,
+            f"env.tools={list(cfg.env.tools)} needs the tool environment: set env=tools (env.path=tools)",
+        ),
+        (
+            cfg.env.path != "tools" or bool(cfg.env.tools),
+            "env=tools needs at least one tool: env.tools=[python] or env.tools=[my_tools.py:search]",
+        ),
+        (
+            cfg.env.path is None or agent_spec(cfg.agent) is None,
+            "env.path and an agent (agent.path / agent.verifiers / agent.openenv) are both set; "
+            "an agent runs its own environment: set one of them",
+        ),
+        (cfg.agent.max_concurrency >= 1, "agent.max_concurrency must be >= 1"),
+        (cfg.agent.timeout_s > 0, "agent.timeout_s must be > 0"),
+        (cfg.agent.max_turns >= 1, "agent.max_turns must be >= 1"),
+        (
+            min(cfg.agent.max_calls_per_episode, cfg.agent.max_requests_in_flight) >= 1,
+            "agent.max_calls_per_episode and agent.max_requests_in_flight must be >= 1",
+        ),
+        (
+            min(cfg.agent.max_context_tokens, cfg.agent.max_request_bytes) >= 1,
+            "agent.max_context_tokens and agent.max_request_bytes must be >= 1",
+        ),
+        (0 <= cfg.agent.port < 65536, "agent.port must be in 0..65535 (0 = a free port)"),
         (cfg.weights.bucket_mb > 0, "weights.bucket_mb must be > 0"),
         (
             cfg.model.lora.quantize == "none" or cfg.model.lora.rank > 0,
@@ -152,8 +185,12 @@ def validate(cfg: RLFTConfig) -> None:
             "learner.lr_schedule_steps > 0 (the schedule's length in trainer steps)",
         ),
         (
-            bool(cfg.reward.functions or cfg.reward.model.path) or not online,
-            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path",
+            bool(cfg.reward.functions or cfg.reward.model.path)
+            or not online
+            or cfg.env.path is not None
+            or agent_spec(cfg.agent) is not None,
+            "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path (or an "
+            "environment that gives rewards, env.path)",
         ),
         (
             not cfg.reward.weights or len(cfg.reward.weights) == len(cfg.reward.functions),

@@ -27,7 +27,9 @@ class AdvantageInput:
     group_ids: Tensor
     """[N] long; samples of one prompt share an id (any order, any values)."""
     mask: Tensor
-    """[N, T] float, 1 on completion tokens (contiguous per row, may be all 0)."""
+    """[N, T] float, 1 on the completion tokens the model sampled (may be all 0). In a multi-turn
+    episode it has gaps where the environment's messages sit; the estimators treat the model's
+    tokens of a row as one sequence, in order, as if the gaps were not there."""
     token_rewards: Tensor | None = None
     """[N, T] per-token rewards (e.g. -coef * KL), 0 outside the mask."""
     values: Tensor | None = None
@@ -124,8 +126,30 @@ def discounted_cumsum(x: Tensor, discount: float) -> Tensor:
 
 
 def _last_token(mask: Tensor) -> Tensor:
-    """[N, T] 1 on the last completion token of each row (masks are contiguous), else 0."""
-    return mask * (1 - F.pad(mask[:, 1:], (0, 1)))
+    """[N, T] 1 on the last masked-in token of each row (after any gaps), else 0."""
+    on = mask.bool()
+    last = (torch.arange(mask.shape[1], device=mask.device) * on).argmax(-1, keepdim=True)
+    return torch.zeros_like(mask).scatter(1, last, on.any(-1, keepdim=True).to(mask.dtype))
+
+
+def _model_tokens_first(data: AdvantageInput) -> tuple[AdvantageInput, Tensor]:
+    """``data`` with each row's masked-in tokens moved, in order, to its start (the rest after
+    them), and the permutation used. Token-level recursions (returns-to-go, GAE's V(s_{t+1})) then
+    step from one model token to the model's next one across an environment's message, whose
+    tokens are no actions of the policy (a multi-turn episode's mask has gaps there)."""
+    order = torch.argsort((~data.mask.bool()).to(torch.int8), dim=-1, stable=True)
+
+    def moved(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.gather(1, order)
+
+    return AdvantageInput(
+        data.rewards, data.group_ids, moved(data.mask), moved(data.token_rewards), moved(data.values)
+    ), order
+
+
+def _back_in_place(x: Tensor, order: Tensor) -> Tensor:
+    """Undo :func:`_model_tokens_first` on a per-token result."""
+    return torch.zeros_like(x).scatter(1, order, x)
 
 
 def _token_rewards(data: AdvantageInput, outcome: Tensor, mask: Tensor) -> Tensor:
@@ -228,7 +252,9 @@ def reinforce_pp_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple
     Returns G (not whitened). NaN-reward samples are left out of the statistics and get 0.
     """
     valid = ~torch.isnan(data.rewards)
-    return _whitened_returns(data, torch.where(valid, data.rewards, 0.0), valid, cfg.gamma)
+    moved, order = _model_tokens_first(data)
+    advantages, returns = _whitened_returns(moved, torch.where(valid, data.rewards, 0.0), valid, cfg.gamma)
+    return _back_in_place(advantages, order), _back_in_place(returns, order)
 
 
 @register_advantage("reinforce_pp_baseline")
@@ -243,7 +269,9 @@ def reinforce_pp_baseline_advantages(data: AdvantageInput, cfg: AlgorithmConfig)
     a constant group contributes a centred reward of exactly 0.
     """
     stats = group_stats(data.rewards, data.group_ids)
-    return _whitened_returns(data, stats.centered, stats.valid, cfg.gamma)
+    moved, order = _model_tokens_first(data)
+    advantages, returns = _whitened_returns(moved, stats.centered, stats.valid, cfg.gamma)
+    return _back_in_place(advantages, order), _back_in_place(returns, order)
 
 
 # ---------------------------------------------------------------- PPO with a critic
@@ -262,12 +290,21 @@ def gae_advantages(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor, 
     shift_mean=False); the returns R_t = Â_t + V_t are the critic's targets (before any advantage
     whitening); `cfg.whiten_advantages` then whitens Â over the valid tokens. A NaN-reward sample
     gets Â = 0 and R = V (the critic is told nothing new) and is left out of the statistics.
+    In a multi-turn episode s_{t+1} is the state before the model's next token: the recursion
+    skips the environment's tokens (values are read and trained on model tokens only).
     """
     if data.values is None:
         raise ValueError(
             "algorithm.advantage=gae needs critic values; load a critic or choose another "
             "algorithm.advantage (grpo, rloo, reinforce_pp, ...)"
         )
+    moved, order = _model_tokens_first(data)
+    advantages, returns = _gae(moved, cfg)
+    return _back_in_place(advantages, order), _back_in_place(returns, order)
+
+
+def _gae(data: AdvantageInput, cfg: AlgorithmConfig) -> tuple[Tensor, Tensor]:
+    """GAE over rows whose masked-in tokens are contiguous."""
     valid = ~torch.isnan(data.rewards)
     mask = data.mask.to(data.values.dtype)
     live = mask * valid[:, None]

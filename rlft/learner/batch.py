@@ -24,6 +24,22 @@ class Sample:
     """Samples of the same prompt share a group id (the advantage baseline is per group)."""
     policy_version: int
     """Version of the weights that generated the completion."""
+    loss_mask: list[int] | None = None
+    """Per completion token: 1 = sampled by the model (trained), 0 = not the model's (an
+    environment's or tool's message inside a multi-turn episode; its ``sampler_logprobs`` entry is
+    ignored). None = every completion token is the model's."""
+
+    def __post_init__(self) -> None:
+        if self.loss_mask is not None and len(self.loss_mask) != len(self.completion_ids):
+            raise ValueError(
+                f"Sample: loss_mask has {len(self.loss_mask)} entries for {len(self.completion_ids)} "
+                "completion tokens"
+            )
+
+    @property
+    def num_model_tokens(self) -> int:
+        """Completion tokens the model sampled (the ones the loss trains)."""
+        return len(self.completion_ids) if self.loss_mask is None else sum(self.loss_mask)
 
 
 @dataclass
@@ -38,7 +54,9 @@ class Batch:
     attention_mask: torch.Tensor
     """[N, L] 1 on real tokens."""
     completion_mask: torch.Tensor
-    """[N, L] float, 1 on completion tokens (the ones the loss trains)."""
+    """[N, L] float, 1 on the completion tokens the model sampled (the ones the loss trains); 0 on
+    the prompt, padding and, in multi-turn episodes, the environment's tokens between turns. Every
+    log-prob, advantage, loss and KL term is taken over this mask only."""
     sampler_logprobs: torch.Tensor
     """[N, L] the engine's log-probability of each completion token (0 elsewhere)."""
     rewards: torch.Tensor
@@ -90,8 +108,9 @@ def collate(samples: list[Sample], pad_token_id: int) -> Batch:
         p, c = len(s.prompt_ids), len(s.completion_ids)
         input_ids[i, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids)
         attention_mask[i, : p + c] = 1
-        completion_mask[i, p : p + c] = 1
-        sampler_logprobs[i, p : p + c] = torch.tensor(s.sampler_logprobs)
+        mask = torch.ones(c) if s.loss_mask is None else torch.tensor(s.loss_mask, dtype=torch.float32)
+        completion_mask[i, p : p + c] = mask
+        sampler_logprobs[i, p : p + c] = torch.tensor(s.sampler_logprobs, dtype=torch.float32) * mask
     rewards = torch.tensor([math.nan if s.reward is None else s.reward for s in samples], dtype=torch.float32)
     group_ids = torch.tensor([s.group_id for s in samples], dtype=torch.long)
     return Batch(input_ids, attention_mask, completion_mask, sampler_logprobs, rewards, group_ids)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import math
 import numbers
 import reprlib
@@ -111,6 +112,8 @@ async def _run_all(
 ) -> list[AgentEpisode]:
     import openai
 
+    for name in ("httpx", "httpx2"):  # one INFO line per request otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     limit = asyncio.Semaphore(cfg.max_concurrency)
     threads = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix="rlft-agent")
     loop = asyncio.get_running_loop()

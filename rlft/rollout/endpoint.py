@@ -51,8 +51,8 @@ from rlft.config import AgentConfig, SamplingConfig
 from rlft.rollout.calls import Call
 from rlft.rollout.engine import Completion, Engine
 
-ToolParser = Callable[[str], tuple[str, list[dict[str, Any]]]]
-"""Text of a reply -> (its content without the tool calls, OpenAI-format tool calls)."""
+ToolParser = Callable[[str], list[Any]]
+"""Text of a reply -> its tool calls (``rlft.envs.tools.ToolCall``: name, arguments, or error)."""
 
 
 class RequestError(Exception):
@@ -295,6 +295,23 @@ class Endpoint:
                 choice["token_ids"] = c.token_ids
             choices.append(choice)
         return self._response("chat.completion", choices, prompt_ids, completions, body)
+
+    def _tool_calls(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """The reply's content and its tool calls in OpenAI's format, read by the tool parser (the
+        native tool path's): the content is the text before the first call. A reply whose calls
+        are all malformed is plain content (the agent sees the text as the model wrote it)."""
+        calls = [c for c in self.tool_parser(text) if c.error is None] if self.tool_parser else []
+        if not calls:
+            return text, []
+        tool_calls = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for c in calls
+        ]
+        return text.split("<tool_call>", 1)[0].strip(), tool_calls
 
     def _render(self, messages: list[dict[str, Any]], tools: Any, generation_prompt: bool) -> str:
         try:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlft.learner.batch import Sample
+
 
 @dataclass
 class Episode:
@@ -49,3 +51,23 @@ class Episode:
                 f"Episode: completion_ids ({n}), loss_mask ({len(self.loss_mask)}) and "
                 f"sampler_logprobs ({len(self.sampler_logprobs)}) must have one entry per token"
             )
+
+    @property
+    def num_model_tokens(self) -> int:
+        """Tokens the model sampled (the ones the loss trains)."""
+        return sum(self.loss_mask)
+
+    def to_sample(self, group_id: int) -> Sample:
+        """The learner's view of the episode: one sequence ``prompt_ids + completion_ids`` whose
+        loss covers the model's tokens only (``loss_mask``), scored against the sampler's
+        log-probs there; ``reward`` is the advantage estimators' outcome reward. Episodes of one
+        dataset row share ``group_id`` (the group baseline of GRPO, RLOO, ...)."""
+        return Sample(
+            self.prompt_ids,
+            self.completion_ids,
+            self.sampler_logprobs,
+            self.reward,
+            group_id,
+            self.policy_version,
+            loss_mask=self.loss_mask,
+        )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlft.config import AgentConfig, ModelConfig, RolloutConfig, SamplingConfig
+from rlft.config import AgentConfig, EnvConfig, ModelConfig, RolloutConfig, SamplingConfig
 from rlft.modeling import default_device
 from rlft.rollout.engine import Completion, Engine
+from rlft.rollout.episode import Episode
 from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
 
 if TYPE_CHECKING:
@@ -52,6 +54,16 @@ def make_engine(model_cfg: ModelConfig, rollout_cfg: RolloutConfig) -> Engine:
     raise ValueError(f"rollout.engine={rollout_cfg.engine!r} is not one of {ENGINES}")
 
 
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What a rollout worker needs to play episodes: the env config and where to find its files."""
+
+    cfg: EnvConfig
+    search_dirs: tuple[Path, ...] = ()
+    prompt_column: str = "prompt"
+    system_prompt: str | None = None
+
+
 class RolloutWorker:
     """Generates completions with the newest weights it was sent and tags each with their version."""
 
@@ -60,6 +72,7 @@ class RolloutWorker:
             torch.set_num_threads(num_threads)
         self.engine = make_engine(model_cfg, rollout_cfg)
         self.policy_version = 0
+        self._runner: tuple[EpisodeSettings, Any] | None = None
         self._agent: tuple[Any, Any] | None = None
 
     def generate(
@@ -69,6 +82,33 @@ class RolloutWorker:
         for group in groups:
             for completion in group:
                 completion.policy_version = self.policy_version
+        return groups
+
+    def run_episodes(
+        self,
+        rows: list[dict[str, Any]],
+        n: int,
+        sampling: SamplingConfig,
+        seed: int,
+        env: EpisodeSettings,
+    ) -> list[list[Episode]]:
+        """``n`` multi-turn episodes of each dataset row with the environment ``env.cfg.path``,
+        every turn generated in one engine call over the live episodes (:mod:`rlft.envs.loop`)."""
+        from rlft.envs.loop import EpisodeRunner
+
+        if self._runner is None or self._runner[0] != env:
+            runner = EpisodeRunner(
+                env.cfg, self.engine.tokenizer, env.search_dirs, env.prompt_column, env.system_prompt
+            )
+            self._runner = (env, runner)
+
+        def generate(prompts: list[list[int]], turn: SamplingConfig, turn_seed: int) -> list[Completion]:
+            return [group[0] for group in self.engine.generate(prompts, 1, turn, turn_seed)]
+
+        groups = self._runner[1].run(generate, rows, n, sampling, seed)
+        for group in groups:
+            for episode in group:
+                episode.policy_version = self.policy_version
         return groups
 
     def load_weights(self, update: WeightUpdate) -> int:
@@ -106,7 +146,12 @@ class RolloutWorker:
 
         if self._agent is None or self._agent[0] != (agent_cfg, search_dirs):
             self._agent = ((agent_cfg, search_dirs), load_agent(agent_cfg, search_dirs))
-        endpoint = Endpoint(self.engine, self.engine.tokenizer, sampling, agent_cfg, seed=seed)
+        from rlft.envs.tools import load_tool_parser
+
+        parser = load_tool_parser(agent_cfg.tool_parser, search_dirs)
+        endpoint = Endpoint(
+            self.engine, self.engine.tokenizer, sampling, agent_cfg, seed=seed, tool_parser=parser
+        )
         with endpoint:
             results = run_agents(endpoint, self._agent[1], [row for row in rows for _ in range(n)], agent_cfg)
         for result in results:

@@ -25,6 +25,7 @@ from rlft.learner.learner import Learner
 from rlft.modeling import load_tokenizer
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
+from rlft.rollout.agents import agent_spec, load_agent
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
@@ -162,9 +163,18 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
         tokenizer = load_tokenizer(cfg.model)
         sampler = PromptSampler(cfg.data, cfg.trainer.seed, tokenizer, cfg.model.max_prompt_tokens)
         rewards = None
-        if cfg.reward.functions:
+        agent = agent_spec(cfg.agent)
+        if agent is not None:  # the agent gives the reward; loaded here so bad specs fail at start
+            load_agent(cfg.agent, [PROJECT_ROOT])
+        if cfg.reward.functions and agent is None:
             rewards = RewardManager.from_config(cfg.reward, search_dirs=[PROJECT_ROOT])
             rewards.check_columns(c for c in sampler.columns if c != cfg.data.prompt_column)
+        if cfg.env.path is not None:  # loads the environment, its tools and parser; builds one
+            from rlft.envs.loop import EpisodeRunner
+
+            EpisodeRunner(
+                cfg.env, tokenizer, [PROJECT_ROOT], cfg.data.prompt_column, cfg.data.system_prompt
+            ).check()
         evaluator = Evaluator(cfg, tokenizer, [PROJECT_ROOT]) if cfg.eval.every_steps else None
         resume_from = checkpoint.checkpoint_to_resume(cfg.trainer.resume, run_dir)
         return _Inputs(sampler, rewards, tokenizer, evaluator, resume_from)

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -25,7 +25,10 @@ from rlft.config import RLFTConfig, SamplingConfig
 from rlft.data.prompts import PromptSampler, tokenize_prompts
 from rlft.learner.batch import Sample
 from rlft.rewards import RewardManager
+from rlft.rollout.agents import agent_spec
 from rlft.rollout.engine import Completion
+from rlft.rollout.episode import Episode
+from rlft.rollout.worker import EpisodeSettings
 
 
 @dataclass
@@ -43,7 +46,8 @@ class RolloutContext:
 
 @dataclass
 class Rollout:
-    """Scored groups: ``len(prompts)`` prompts with G completions each, stored group-major."""
+    """Scored groups: ``len(prompts)`` prompts with G completions each, stored group-major (agents:
+    any number per prompt, ``sample_groups``)."""
 
     group_size: int
     prompts: list[str]
@@ -56,14 +60,27 @@ class Rollout:
     sampler_state: dict[str, Any] = field(default_factory=dict)
     """The prompt sampler's state right after this rollout drew its prompts: what a checkpoint of
     the step that trains on it stores (later rollouts may already be drawing, with trainer.async)."""
+    episodes: list[Episode] | None = None
+    """Multi-turn rollouts (``env.path``): the episode behind each of ``completions`` (whose
+    ``token_ids`` are then the episode's completion ids and ``text`` its last assistant message)."""
+    sample_groups: list[int] | None = None
+    """Per sample, its group (prompt index) where groups differ in size (agents: one episode can
+    make several trajectories, a failed one none); None = group-major, G samples per prompt."""
+
+    def group_of(self) -> list[int]:
+        """Each sample's group: the index of its prompt."""
+        if self.sample_groups is not None:
+            return self.sample_groups
+        return [i // self.group_size for i in range(len(self.completions))]
 
     def groups(self, keep: torch.Tensor) -> Rollout:
         """Only the groups where ``keep`` (one bool per group) is true."""
-        g = self.group_size
         kept = keep.nonzero().flatten().tolist()
-        samples = [i * g + j for i in kept for j in range(g)]
+        renumber = {old: new for new, old in enumerate(kept)}
+        owner = self.group_of()
+        samples = [i for i, group in enumerate(owner) if group in renumber]
         return Rollout(
-            g,
+            self.group_size,
             [self.prompts[i] for i in kept],
             [self.prompt_ids[i] for i in kept],
             [self.completions[i] for i in samples],
@@ -71,12 +88,15 @@ class Rollout:
             self.reward_metrics,
             self.timings,
             self.sampler_state,
+            None if self.episodes is None else [self.episodes[i] for i in samples],
+            None if self.sample_groups is None else [renumber[owner[i]] for i in samples],
         )
 
     def extend(self, other: Rollout) -> Rollout:
         """This rollout's groups, then ``other``'s (timings summed; reward metrics and sampler
         state of ``other``)."""
         timings = {k: self.timings.get(k, 0.0) + v for k, v in other.timings.items()}
+        uneven = self.sample_groups is not None or other.sample_groups is not None
         return Rollout(
             self.group_size,
             self.prompts + other.prompts,
@@ -86,13 +106,20 @@ class Rollout:
             other.reward_metrics,
             timings,
             other.sampler_state,
+            None if self.episodes is None else self.episodes + other.episodes,
+            self.group_of() + [len(self.prompts) + j for j in other.group_of()] if uneven else None,
         )
 
     def samples(self) -> list[Sample]:
-        g = self.group_size
+        groups = self.group_of()
+        if self.episodes is not None:
+            return [
+                replace(e.to_sample(group), reward=r)
+                for group, e, r in zip(groups, self.episodes, self.rewards.tolist(), strict=True)
+            ]
         return [
-            Sample(self.prompt_ids[i // g], c.token_ids, c.logprobs, r, i // g, c.policy_version)
-            for i, (c, r) in enumerate(zip(self.completions, self.rewards.tolist(), strict=True))
+            Sample(self.prompt_ids[group], c.token_ids, c.logprobs, r, group, c.policy_version)
+            for group, c, r in zip(groups, self.completions, self.rewards.tolist(), strict=True)
         ]
 
     def staleness(self, learner_version: int) -> torch.Tensor:
@@ -104,6 +131,9 @@ class Rollout:
     def metrics(self, step_s: float) -> dict[str, float]:
         lengths = torch.tensor([len(c.token_ids) for c in self.completions], dtype=torch.float32)
         tokens = lengths.sum().item() + self.group_size * sum(map(len, self.prompt_ids))
+        if self.episodes is not None:  # the model's tokens; the environment's come on top
+            tokens = sum(len(e.prompt_ids) + len(e.completion_ids) for e in self.episodes)
+            lengths = torch.tensor([e.num_model_tokens for e in self.episodes], dtype=torch.float32)
         valid = self.rewards[~self.rewards.isnan()]
         stats = {
             **self.reward_metrics,
@@ -118,10 +148,25 @@ class Rollout:
         if len(valid):
             stats["reward/mean"] = valid.mean().item()
             stats["reward/std"] = valid.std().item() if len(valid) > 1 else 0.0
+        if self.episodes is not None:
+            stats |= episode_metrics(self.episodes)
         return stats
 
     def sample_rows(self, n: int) -> list[dict[str, Any]]:
-        """The first ``n`` completions, for samples.jsonl."""
+        """The first ``n`` completions (episodes: their messages), for samples.jsonl."""
+        if self.episodes is not None:
+            return [
+                {
+                    "messages": e.messages,
+                    "reward": r,
+                    "turn_rewards": [None if r != r else r for r in e.turn_rewards],  # NaN: none
+                    "num_turns": e.num_turns,
+                    "finish_reason": e.finish_reason,
+                    "error": e.error,
+                    "policy_version": e.policy_version,
+                }
+                for e, r in zip(self.episodes[:n], self.rewards[:n].tolist(), strict=True)
+            ]
         return [
             {
                 "prompt": self.prompts[i // self.group_size],
@@ -131,6 +176,32 @@ class Rollout:
             }
             for i, (c, r) in enumerate(zip(self.completions[:n], self.rewards[:n].tolist(), strict=True))
         ]
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Means over episodes: turns, tokens, truncation, errors, per-turn rewards, step time, and
+    every count the environment reported (``Step.metrics``: tool calls, tool errors, ...)."""
+    n = len(episodes)
+    counts: dict[str, float] = {}
+    for e in episodes:
+        for name, value in e.stats.items():
+            counts[name] = counts.get(name, 0.0) + value
+    turn_rewards = [r for e in episodes for r in e.turn_rewards if r == r]
+    metrics = {f"env/{name}": total / n for name, total in counts.items()}
+    metrics |= {
+        "env/turns_mean": sum(e.num_turns for e in episodes) / n,
+        "env/turns_max": float(max(e.num_turns for e in episodes)),
+        "env/episode_tokens_mean": sum(len(e.prompt_ids) + len(e.completion_ids) for e in episodes) / n,
+        "env/truncated_frac": sum(e.finish_reason == "max_tokens" for e in episodes) / n,
+        "env/max_turns_frac": sum(e.finish_reason == "max_turns" for e in episodes) / n,
+    }
+    if "step_s" in counts:
+        steps = sum(e.num_turns for e in episodes)
+        metrics["env/step_s_mean"] = counts["step_s"] / max(steps, 1)
+        del metrics["env/step_s"]
+    if turn_rewards:
+        metrics["env/turn_reward_mean"] = sum(turn_rewards) / len(turn_rewards)
+    return metrics
 
 
 class SamplerState:
@@ -197,8 +268,9 @@ def collect(ctx: RolloutContext, step: int) -> Rollout:
         rollout = rollout_round(ctx, want, seed=(cfg.trainer.seed * 1_000_003 + step) * 100 + round_)
         kept = rollout
         if dynamic.enabled:
-            group_ids = torch.arange(len(rollout.prompts)).repeat_interleave(rollout.group_size)
-            signal = groups_with_signal(rollout.rewards, group_ids).view(-1, rollout.group_size)[:, 0]
+            group_ids = torch.tensor(rollout.group_of(), dtype=torch.long)
+            signal = torch.zeros(len(rollout.prompts), dtype=torch.bool)
+            signal[group_ids[groups_with_signal(rollout.rewards, group_ids)]] = True
             kept = rollout.groups(signal)
         collected = kept if collected is None else collected.extend(kept)
         if len(collected.prompts) >= want:
@@ -218,6 +290,12 @@ def rollout_round(ctx: RolloutContext, n: int, seed: int) -> Rollout:
     rows = ctx.sampler.sample(n)
     sampler_state = ctx.sampler.state_dict()
     prompts = [row[cfg.data.prompt_column] for row in rows]
+    if cfg.env.path is not None:
+        return _episode_round(ctx, rows, seed, start, sampler_state)
+    if agent_spec(cfg.agent) is not None:
+        from rlft.trainers.agent_rollout import agent_round
+
+        return agent_round(ctx, rows, seed, start, sampler_state)
     prompt_ids = tokenize_prompts(ctx.tokenizer, prompts, cfg.data, cfg.model.max_prompt_tokens)
     groups = generate(
         ctx.cluster, ctx.workers, prompt_ids, g, cfg.rollout.sampling, seed, cfg.rollout.prompts_per_chunk
@@ -231,6 +309,75 @@ def rollout_round(ctx: RolloutContext, n: int, seed: int) -> Rollout:
     rewards, metrics = score(ctx, [p for p in prompts for _ in range(g)], completions, columns)
     timings = {"timing/rollout_s": rollout_s, "timing/reward_s": time.perf_counter() - start}
     return Rollout(g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state)
+
+
+def _episode_round(
+    ctx: RolloutContext, rows: list[dict[str, Any]], seed: int, start: float, sampler_state: dict[str, Any]
+) -> Rollout:
+    """:func:`rollout_round` with an environment: G episodes of each row, scored by the
+    environment's rewards plus the reward functions on each episode's last assistant message."""
+    cfg, g = ctx.cfg, ctx.cfg.algorithm.group_size
+    settings = episode_settings(cfg)
+    groups = play_episodes(
+        ctx.cluster, ctx.workers, rows, g, cfg.rollout.sampling, seed, settings, cfg.rollout.prompts_per_chunk
+    )
+    episodes = [e for group in groups for e in group]
+    rollout_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    completions = [episode_completion(e) for e in episodes]
+    openings = [_opening_text(e) for e in episodes]
+    env_rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
+    rewards, metrics = env_rewards, {}
+    if ctx.rewards is not None or ctx.reward_model is not None or cfg.algorithm.overlong_buffer_len > 0:
+        columns = {k: [row[k] for row in rows for _ in range(g)] for k in ctx.sampler.columns}
+        scored, metrics = score(ctx, openings, completions, columns)
+        both = torch.stack([env_rewards, scored])
+        rewards = torch.where(both.isnan().all(0), float("nan"), both.nan_to_num(0.0).sum(0))
+        failed = torch.tensor([e.finish_reason in ("error", "timeout") for e in episodes])
+        rewards = torch.where(failed, env_rewards, rewards)
+    timings = {"timing/rollout_s": rollout_s, "timing/reward_s": time.perf_counter() - start}
+    prompt_ids = [groups[i][0].prompt_ids for i in range(len(rows))]
+    prompts = [row[cfg.data.prompt_column] for row in rows]
+    return Rollout(g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state, episodes)
+
+
+def episode_settings(cfg: RLFTConfig) -> EpisodeSettings:
+    from rlft.trainers.online import PROJECT_ROOT
+
+    return EpisodeSettings(cfg.env, (PROJECT_ROOT,), cfg.data.prompt_column, cfg.data.system_prompt)
+
+
+def episode_completion(e: Episode) -> Completion:
+    """An episode as a Completion: its completion ids and log-probs, its last assistant message."""
+    last = next((m["content"] for m in reversed(e.messages) if m.get("role") == "assistant"), "")
+    return Completion(e.completion_ids, e.sampler_logprobs, last, e.finish_reason, e.policy_version)
+
+
+def _opening_text(e: Episode) -> str:
+    """The episode's first user message (the prompt reward functions see)."""
+    return next((m["content"] for m in e.messages if m.get("role") == "user"), "")
+
+
+def play_episodes(
+    cluster: Cluster,
+    workers: list[Any],
+    rows: list[dict[str, Any]],
+    n: int,
+    sampling: SamplingConfig,
+    seed: int,
+    settings: EpisodeSettings,
+    rows_per_chunk: int = 0,
+) -> list[list[Episode]]:
+    """``n`` episodes of each row, in row order, load-balanced over the workers like :func:`generate`."""
+    size = chunk_size(len(rows), len(workers), rows_per_chunk)
+    chunks = [(i, rows[lo : lo + size]) for i, lo in enumerate(range(0, len(rows), size))]
+    results = cluster.pull_map(
+        workers,
+        lambda w, chunk: w.run_episodes.remote(chunk[1], n, sampling, seed * 1_000 + chunk[0], settings),
+        chunks,
+    )
+    return [group for result in results for group in result]
 
 
 def chunk_size(num_prompts: int, num_workers: int, prompts_per_chunk: int) -> int:
