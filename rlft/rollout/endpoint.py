@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import secrets
 import threading
 import time
@@ -50,6 +51,8 @@ from typing import Any
 from rlft.config import AgentConfig, SamplingConfig
 from rlft.rollout.calls import Call
 from rlft.rollout.engine import Completion, Engine
+
+logger = logging.getLogger("rlft.endpoint")
 
 ToolParser = Callable[[str], list[Any]]
 """Text of a reply -> its tool calls (``rlft.envs.tools.ToolCall``: name, arguments, or error)."""
@@ -217,6 +220,9 @@ class Endpoint:
                 return JSONResponse(await handler(log, body))
             except RequestError as err:
                 return error(err)
+            except Exception as err:  # a bug or an engine failure: the agent gets a 500, not a hang
+                logger.exception("agent endpoint: the request failed")
+                return error(RequestError(500, f"{type(err).__name__}: {err}", "server_error"))
             finally:
                 self._in_flight -= 1
 
@@ -277,7 +283,7 @@ class Endpoint:
         choices = []
         for i, c in enumerate(completions):
             text = _strip_stop(c, stop)
-            content, tool_calls = self.tool_parser(text) if self.tool_parser and tools else (text, [])
+            content, tool_calls = self._tool_calls(text) if tools else (text, [])
             reply: dict[str, Any] = {"role": "assistant", "content": content}
             if tool_calls:
                 reply["tool_calls"] = tool_calls

@@ -7,7 +7,7 @@ merged by the token-prefix rule and trained on. Both packages are optional extra
 **verifiers** (the ``verifiers.envs`` API: ``SingleTurnEnv``, ``MultiTurnEnv``, ``ToolEnv``, ...):
 ``agent.verifiers=my_env.py:load_environment`` names an Environment or a function returning one.
 Each row becomes one rollout input: ``prompt`` (a string becomes the env's system prompt, if it
-has one, and a user message; a list is taken as messages), ``answer``, ``info``, ``task``. The
+has one, and a user message; a list is taken as messages), ``answer`` and ``info``. The
 environment talks to the endpoint through its own OpenAI chat client wrapper, runs its turns and
 tools, and its rubric's score (the weighted sum of its reward functions) is the reward. A
 rollout the environment marks as errored fails the episode.
@@ -56,7 +56,6 @@ def verifiers_agent(target: Any, spec: str) -> Callable[..., Any]:
             "prompt": prompt,
             "answer": str(row.get("answer", "")),
             "info": row.get("info") or {},
-            "task": row.get("task", "default"),
             "example_id": row.get("example_id", 0),
         }
         output = await env.run_rollout(rollout_input, OpenAIChatCompletionsClient(client), "rlft", {})
