@@ -42,3 +42,8 @@ def count_letters(text: str, letter: str) -> int:
 def with_tools() -> vf.Environment:
     rubric = vf.Rubric(funcs=[letter_share])
     return vf.ToolEnv(dataset=DATA, tools=[count_letters], rubric=rubric, max_turns=2)
+
+
+def two_turns() -> vf.Environment:
+    """The learning run's environment: the row's prompt, then "Again." once."""
+    return AgainEnv(dataset=DATA, rubric=vf.Rubric(funcs=[letter_share]), max_turns=2)
