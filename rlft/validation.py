@@ -17,6 +17,7 @@ GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 def validate(cfg: RLFTConfig) -> None:
     """Checks across keys that a type alone cannot express; raises ValueError naming the key."""
     online = cfg.algorithm.kind == "online"
+    agent = agent_spec(cfg.agent)  # a ValueError when more than one agent key is set
     checks = [
         (cfg.algorithm.kind in ("online", "preference"), "algorithm.kind must be online or preference"),
         (cfg.algorithm.group_size >= 1, "algorithm.group_size must be >= 1"),
@@ -143,7 +144,7 @@ def validate(cfg: RLFTConfig) -> None:
             "env=tools needs at least one tool: env.tools=[python] or env.tools=[my_tools.py:search]",
         ),
         (
-            cfg.env.path is None or agent_spec(cfg.agent) is None,
+            cfg.env.path is None or agent is None,
             "env.path and an agent (agent.path / agent.verifiers / agent.openenv) are both set; "
             "an agent runs its own environment: set one of them",
         ),
@@ -188,7 +189,7 @@ def validate(cfg: RLFTConfig) -> None:
             bool(cfg.reward.functions or cfg.reward.model.path)
             or not online
             or cfg.env.path is not None
-            or agent_spec(cfg.agent) is not None,
+            or agent is not None,
             "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path (or an "
             "environment that gives rewards, env.path)",
         ),
