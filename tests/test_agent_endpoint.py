@@ -393,3 +393,51 @@ def test_learner_logprobs_match_the_sampler_on_endpoint_trajectories(
     # than wrong tokens do; still orders of magnitude above the engine/learner numerics.
     assert bad > 1e-3 and bad > 1000 * good, bad
     assert bad_mask > 0.5, bad_mask
+
+
+class ScriptedEngine:
+    """Answers every prompt with the tokens of one fixed reply (as if sampled, log-prob -1 each):
+    the tiny random model never writes a tool call by itself."""
+
+    def __init__(self, tokenizer: Any, reply: str):
+        self.tokenizer = tokenizer
+        self.ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int) -> Any:
+        from rlft.rollout.engine import Completion
+
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return [
+            [Completion(list(self.ids), [-1.0] * len(self.ids), text, "stop") for _ in range(n)]
+            for _ in prompts
+        ]
+
+
+def test_tool_calls_come_back_in_openai_format_and_the_loop_stays_one_trajectory(
+    engine: RecordingEngine,
+) -> None:
+    from rlft.envs.tools import hermes_tool_calls
+
+    reply = 'Let me add.<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+    scripted = ScriptedEngine(engine.tokenizer, reply)
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+    sampling = SamplingConfig(max_new_tokens=256)
+    with Endpoint(scripted, engine.tokenizer, sampling, AgentConfig(), tool_parser=hermes_tool_calls) as ep:
+        key = ep.open_episode()
+        client = client_for(ep, key)
+        messages: list[Any] = [{"role": "user", "content": "2 + 3?"}]
+        for _ in range(2):
+            choice = client.chat.completions.create(model="rlft", messages=messages, tools=tools).choices[0]
+            assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me add."
+            (call,) = choice.message.tool_calls
+            assert (call.function.name, json.loads(call.function.arguments)) == ("add", {"a": 2, "b": 3})
+            messages += [
+                choice.message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "5"},
+            ]
+        plain = client.chat.completions.create(model="rlft", messages=[{"role": "user", "content": "hi"}])
+        assert plain.choices[0].message.tool_calls is None  # no tools offered: the text as it is
+        calls = ep.close_episode(key)
+    episodes, stats = calls_to_episodes(calls)
+    assert (stats.merged, stats.trajectories) == (1, 2)
+    assert episodes[0].completion_ids[: len(scripted.ids)] == scripted.ids  # the sampled ids, as they were

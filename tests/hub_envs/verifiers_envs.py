@@ -22,7 +22,7 @@ class AgainEnv(vf.MultiTurnEnv):
     """Asks "Again." after each reply, for three replies."""
 
     async def env_response(self, messages: vf.Messages, state: vf.State, **kwargs: object) -> vf.Messages:
-        return [{"role": "user", "content": "Again."}]
+        return [vf.UserMessage(content="Again.")]
 
 
 def multi_turn() -> vf.Environment:
