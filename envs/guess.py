@@ -5,13 +5,14 @@ opening message does not reveal it, so any single-turn policy succeeds 1 time in
 a wrong guess the environment answers with feedback:
 
 - ``feedback="higher_lower"``: "Higher." or "Lower." (binary search solves it in 4 turns);
-- ``feedback="reveal"``: "No, it is 7." (the next turn can copy it: the tiny model's task).
+- ``feedback="reveal"``: "No, it is 7" (the next turn can copy it: the tiny model's task).
 
 Without a digit in the message the answer is "Say one digit." (``reveal``: the digit again).
 
 A guess is the first digit in the assistant's message. Reward: 1 when a guess is right, else 0;
 with ``partial_credit=True`` a wrong last message earns the fraction of its non-space characters
-that are the hidden digit (a dense signal for tiny models). ``Step.metrics`` report ``solved``.
+that are the hidden digit (a dense signal for tiny models). ``Step.metrics`` report ``solved`` and
+``solved_after_feedback`` (solved at a later turn than the first).
 
     rlft train env.path=envs/guess.py:GuessEnv data.path=builtin:repeat_digit reward.functions=[] ...
 """
@@ -30,20 +31,20 @@ class GuessEnv:
         if feedback not in ("higher_lower", "reveal"):
             raise ValueError(f"GuessEnv: feedback={feedback!r} is not 'higher_lower' or 'reveal'")
         self.feedback, self.partial_credit = feedback, partial_credit
-        self.digit, self.solved, self.last = "", False, ""
+        self.digit, self.solved, self.last, self.turns = "", False, "", 0
 
     def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         self.digit = str(row["answer"])
         return [{"role": "user", "content": "Guess my digit (0-9)."}]
 
     def step(self, message: dict[str, Any]) -> Step:
-        self.last = message["content"]
+        self.last, self.turns = message["content"], self.turns + 1
         guess = next((c for c in self.last if c.isdigit()), None)
         if guess == self.digit:
             self.solved = True
-            return Step(done=True, metrics={"solved": 1.0})
+            return Step(done=True, metrics={"solved": 1.0, "solved_after_feedback": float(self.turns > 1)})
         if self.feedback == "reveal":
-            reply = f"No, it is {self.digit}."
+            reply = f"No, it is {self.digit}"
         elif guess is None:
             reply = "Say one digit."
         else:

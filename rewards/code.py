@@ -22,9 +22,10 @@ def code_tests(
     (``reward.params.code_tests``): ``timeout_s`` (wall clock per sample) and ``memory_mb``.
 
     The solution is the last fenced block tagged ``python`` or ``py`` (else the last untagged
-    fenced block); none scores 0.0. It runs in :func:`rlft.rewards.sandbox.run_tests`: a separate
-    ``python -I`` process with CPU, memory, file-size and process limits, no network, a temporary
-    working directory and a wall-clock kill of its process group; a solution that loops, forks,
+    fenced block); none scores 0.0. It runs in :func:`rlft.rewards.sandbox.run_tests`: the solution in
+    a separate process under bubblewrap (no other process, network or file of ours visible) with CPU,
+    memory, file-size and process limits and a wall-clock kill; the tests here, against stand-ins
+    for the solution's names, so the solution cannot forge its score. A solution that loops, forks,
     allocates too much, opens sockets or writes large files scores 0.0. Set ``reward.timeout_s``
     above ``timeout_s`` so the sandbox, not the manager, ends a slow sample.
     """

@@ -1,8 +1,11 @@
 """The ``rlft`` command: ``rlft train [recipe=<name>] [group=option] [key=value ...]``,
-``rlft eval <checkpoint or model> [overrides]`` and ``rlft export <checkpoint> --to <dir>``.
+``rlft eval <checkpoint or model> [overrides]``, ``rlft export <checkpoint> --to <dir>``,
+``rlft recipes`` (the shipped recipes, one line each) and ``rlft init <recipe>`` (copies a recipe and
+the files it references into the current directory, to edit).
 
-Configs are composed with Hydra from ``conf/`` (plus ``recipes/<name>.yaml`` as the ``recipe``
-group) and validated against the dataclasses in :mod:`rlft.config` before anything starts.
+Configs are composed with Hydra from rlft's shipped ``conf/`` (plus ``recipes/<name>.yaml`` as the
+``recipe`` group; a ``recipes/<name>.yaml`` in the current directory wins over the shipped one) and
+validated against the dataclasses in :mod:`rlft.config` before anything starts.
 """
 
 from __future__ import annotations
@@ -11,37 +14,56 @@ import argparse
 import json
 import logging
 import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from rlft.config import RLFTConfig, register_configs
+from rlft.shipped import SHIPPED_ROOT, first_config_root, recipe_candidates, recipe_description, shipped_files
 from rlft.validation import validate
 
-CONF_DIR = Path(os.environ.get("RLFT_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+CONF_DIR = Path(os.environ.get("RLFT_CONF_DIR", SHIPPED_ROOT / "conf"))
 
 
 class ConfigError(ValueError):
     """A config that cannot be composed or does not validate; the message names the key."""
 
 
-def load_config(overrides: list[str]) -> RLFTConfig:
-    """Compose ``conf/config.yaml`` with ``overrides`` and validate it into an :class:`RLFTConfig`."""
+def load_config(overrides: list[str], local_recipes: bool = True) -> RLFTConfig:
+    """Compose ``conf/config.yaml`` with ``overrides`` and validate it into an :class:`RLFTConfig`.
+
+    With ``local_recipes``, ``recipe=<name>`` takes ``./recipes/<name>.yaml`` when there is one.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     if not (CONF_DIR / "config.yaml").is_file():
         raise ConfigError(
-            f"no rlft config at {CONF_DIR}; install rlft from its checkout (pip install -e .) "
-            "or point RLFT_CONF_DIR at its conf/ folder"
+            f"no rlft config at {CONF_DIR}: the installation lacks its shipped files; reinstall rlft "
+            "(pip install rlft, or pip install -e . from a checkout) or point RLFT_CONF_DIR at a conf/ folder"
         )
+    recipe = next((m[1] for o in overrides if (m := re.fullmatch(r"recipe=(\w+)", o))), None)
+    if recipe is not None and recipe != "null":
+        candidates = recipe_candidates(recipe, CONF_DIR)[int(not local_recipes) :]
+        if not any(path.is_file() for path in candidates):
+            raise ConfigError(
+                f"recipe {recipe!r} not found; looked at: {', '.join(map(str, candidates))}. "
+                "`rlft recipes` lists the shipped recipes; `rlft init <recipe>` copies one here to edit."
+            )
     register_configs()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            composed = compose("config", overrides=overrides)
+        # The first config root holds ./recipes (so a user's recipe wins); rlft's conf/ comes after it.
+        with tempfile.TemporaryDirectory(prefix="rlft-conf-") as first_root:
+            first_config_root(Path(first_root), CONF_DIR, local_recipes)
+            with initialize_config_dir(config_dir=first_root, version_base=None):
+                search_path = f"hydra.searchpath=[{json.dumps(f'file://{CONF_DIR}')}]"
+                composed = compose("config", overrides=[*overrides, search_path])
         _reject_unknown_keys(composed, OmegaConf.structured(RLFTConfig))
         cfg = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as err:
@@ -125,7 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser.add_argument("model", help="a checkpoint directory, a model directory or a hub id")
     eval_parser.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.k=8")
     eval_parser.add_argument("--output", help="also write the metrics to this JSON file")
+    sub.add_parser("recipes", help="list the shipped recipes, one line each")
+    init_parser = sub.add_parser(
+        "init",
+        help="copy a shipped recipe and the reward files it uses into the current directory, to edit",
+        description="Writes recipes/<recipe>.yaml and the shipped files it references (e.g. "
+        "rewards/gsm8k.py) here; `rlft train recipe=<recipe>` run from here then uses these copies.",
+    )
+    init_parser.add_argument("recipe", help="a shipped recipe's name (see `rlft recipes`)")
+    init_parser.add_argument("--force", action="store_true", help="overwrite files that exist")
     args = parser.parse_args(argv)
+    if args.command == "recipes":
+        return _list_recipes()
+    if args.command == "init":
+        return _init(args.recipe, args.force)
     if args.command == "export":
         from rlft.export import export_checkpoint
 
@@ -160,6 +195,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _list_recipes() -> int:
+    """``rlft recipes``: each shipped recipe's name and the first line of its header."""
+    recipes = sorted((CONF_DIR / "recipe").glob("*.yaml"))
+    width = max(len(path.stem) for path in recipes)
+    for path in recipes:
+        print(f"{path.stem:<{width}}  {recipe_description(path)}")
+    print(f"\n({path.parent}) Run one with `rlft train recipe=<name>`; `rlft init <name>` copies it here.")
+    return 0
+
+
+def _init(recipe: str, force: bool) -> int:
+    """``rlft init``: copy a shipped recipe and the shipped files its config references into the cwd."""
+    try:
+        cfg = load_config([f"recipe={recipe}"], local_recipes=False)
+    except ConfigError as err:
+        print(f"rlft: config error: {err}", file=sys.stderr)
+        return 2
+    copies = {Path("recipes", f"{recipe}.yaml"): CONF_DIR / "recipe" / f"{recipe}.yaml"}
+    referenced = shipped_files(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    copies |= {Path(p): SHIPPED_ROOT / p for p in referenced}
+    existing = [str(dest) for dest in copies if dest.exists()]
+    if existing and not force:
+        print(f"rlft: error: {', '.join(existing)} exist; --force overwrites them", file=sys.stderr)
+        return 2
+    for dest, source in copies.items():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
+        print(f"wrote {dest}")
+    print(f"Edit them, then run `rlft train recipe={recipe}` from this directory: its files win over rlft's.")
     return 0
 
 

@@ -540,6 +540,9 @@ class EnvConfig:
     Qwen/Hermes) or ``path/to/file.py:fn`` with ``fn(text) -> list[rlft.envs.tools.ToolCall]``."""
     tool_timeout_s: float = 10.0
     """env=tools: seconds one tool call may take; past it the model gets an error message back."""
+    chat_template: str | None = None
+    """Jinja chat template episodes are rendered with; None = the tokenizer's (e.g. a plain
+    concatenation of the contents for a base model without one)."""
 
 
 @dataclass

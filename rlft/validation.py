@@ -136,6 +136,11 @@ def validate(cfg: RLFTConfig) -> None:
             "env.step_timeout_s and env.tool_timeout_s must be > 0",
         ),
         (
+            cfg.env.path is None or cfg.eval.every_steps == 0,
+            "eval.every_steps evaluates single-turn completions; with env.path it would not play "
+            "episodes: set eval.every_steps=0 (the env/ metrics track the training episodes)",
+        ),
+        (
             cfg.env.path == "tools" or not cfg.env.tools,
             f"env.tools={list(cfg.env.tools)} needs the tool environment: set env=tools (env.path=tools)",
         ),

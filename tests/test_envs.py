@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # results as user turns of <tool_response> blocks, consecutive ones merged), written for these tests.
 QWEN25_STYLE = (
     "{%- if tools %}"
-    "{{- '<|im_start|>system\\n' + (messages[0].content if messages[0].role == 'system' else 'You are helpful.')"
+    "{{- '<|im_start|>system\\n'"
+    " + (messages[0].content if messages[0].role == 'system' else 'You are helpful.')"
     " + '\\n\\n<tools>' }}{%- for t in tools %}{{- '\\n' + (t | tojson) }}{%- endfor %}"
     "{{- '\\n</tools><|im_end|>\\n' }}"
-    "{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>system\\nYou are helpful.<|im_end|>\\n' }}{%- endif %}"
     "{%- for m in messages %}"
     "{%- if m.role == 'system' and loop.first %}"
@@ -55,7 +57,9 @@ LLAMA3_STYLE = (
 # last user message: it rewrites earlier turns, so renders are not append-only.
 STRIPS_REASONING = (
     "{%- set ns = namespace(last=-1) %}"
-    "{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last = loop.index0 %}{%- endif %}{%- endfor %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'user' %}{%- set ns.last = loop.index0 %}{%- endif %}"
+    "{%- endfor %}"
     "{%- for m in messages %}"
     "{%- set content = m.content %}"
     "{%- if m.role == 'assistant' and loop.index0 < ns.last and '</think>' in content %}"
@@ -159,8 +163,14 @@ def test_qwen25_style_trajectory_is_sampled_ids_plus_template_deltas(tokenizer: 
     runner = _runner(tok, lambda: Echo(tool=True), QWEN25_STYLE, max_turns=5)
     (episode,) = runner.run(engine, [{"prompt": "Guess."}], 1, SamplingConfig(max_new_tokens=16), 0)[0]
 
-    opening = "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nGuess.<|im_end|>\n<|im_start|>assistant\n"
-    delta = "\n<|im_start|>user\n<tool_response>\nNo, it is 3.\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    opening = (
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n"
+        "<|im_start|>user\nGuess.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    delta = (
+        "\n<|im_start|>user\n<tool_response>\nNo, it is 3.\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert episode.prompt_ids == _ids(tok, opening)
     s = engine.sampled
     d = _ids(tok, delta)
@@ -310,9 +320,9 @@ def test_a_broken_environment_ends_its_episode_only(
 
 
 def test_missing_environment_file_or_class_is_a_clear_error(tokenizer: Any) -> None:
-    with pytest.raises(FileNotFoundError, match="environment spec 'nope.py:Env': file 'nope.py' not found"):
+    with pytest.raises(FileNotFoundError, match=r"environment spec 'nope.py:Env': file 'nope.py' not found"):
         EpisodeRunner(EnvConfig(path="nope.py:Env"), tokenizer, [ROOT])
-    with pytest.raises(AttributeError, match="has no function 'Nope'; its callables are: .*GuessEnv"):
+    with pytest.raises(AttributeError, match=r"has no function 'Nope'; its callables are: .*GuessEnv"):
         EpisodeRunner(EnvConfig(path="envs/guess.py:Nope"), tokenizer, [ROOT])
     with pytest.raises(TypeError, match="has no reset or step method"):
         EpisodeRunner(EnvConfig(path="envs/guess.py:Step"), tokenizer, [ROOT])
@@ -330,9 +340,9 @@ def test_env_config_keys_are_typed() -> None:
     }
     assert load_config([]).env.path is None  # no env: single-turn, as before
     assert load_config(["env=tools", "env.tools=[python]"]).env.path == "tools"
-    with pytest.raises(ConfigError, match="env.max_turnz"):
+    with pytest.raises(ConfigError, match=r"env.max_turnz"):
         load_config(["env.max_turnz=3"])
-    with pytest.raises(ConfigError, match="env.tools"):
+    with pytest.raises(ConfigError, match=r"env.tools"):
         load_config(["env.tools=[python]"])  # tools without env=tools
 
 
@@ -426,7 +436,7 @@ def test_tools_env_loads_builtin_and_file_tools(tokenizer: Any) -> None:
     )
     env = runner.make_env()
     assert [t.__name__ for t in env.tools] == ["python", "add"]
-    with pytest.raises(TypeError, match="tool 'tests/test_envs.py:_ids': no JSON schema"):
+    with pytest.raises(TypeError, match=r"tool 'tests/test_envs.py:_ids': no JSON schema"):
         EpisodeRunner(EnvConfig(path="tools", tools=["tests/test_envs.py:_ids"]), tokenizer, [ROOT])
 
 

@@ -331,10 +331,61 @@ def test_sandbox_statuses_and_isolation():
     assert run_tests("import os\nos._exit(0)", ["pass"], limits).status == "crashed"
     fork = run_tests("import os\nos.fork()", ["pass"], limits)
     assert (fork.status, "os.fork is not allowed" in fork.detail) == ("failed", True)
-    ok = run_tests("open('x', 'w').write('hi')", ["assert open('x').read() == 'hi'"], limits)
+    # Tests run outside the sandbox: they see its files only through the solution's functions.
+    ok = run_tests(
+        "open('x', 'w').write('hi')\ndef read():\n    return open('x').read()",
+        ["assert read() == 'hi'"],
+        limits,
+    )
     assert ok.status == "passed"
-    assert ok.network in ("netns", "userns+netns", "hook")
+    assert ok.isolation in ("bwrap", "hook")
     assert not glob.glob("/tmp/rlft-sandbox-*/work/x")  # the working directory is gone
+
+
+REMOTE_SOLUTION = """
+import math
+class Stack:
+    def __init__(self, items=()):
+        self.items = list(items)
+    def push(self, item):
+        self.items.append(item)
+    def pop(self):
+        if not self.items:
+            raise EmptyError("empty")
+        return self.items.pop()
+    def __len__(self):
+        return len(self.items)
+class EmptyError(IndexError):
+    pass
+def squares(n):
+    yield from (i * i for i in range(n))
+def area(r, *, scale=1.0):
+    return math.pi * r * r * scale
+def stats(xs):
+    return {"min": min(xs), "max": max(xs)}, (len(xs), sum(xs))
+def size_of(stack):
+    return len(stack)
+"""
+REMOTE_TESTS = [
+    "s = Stack([1]); s.push(2); assert s.pop() == 2 and len(s) == 1 and s.items == [1]",
+    "try:\n    Stack().pop()\nexcept IndexError as e:\n    assert 'empty' in str(e)\n"
+    "else:\n    raise AssertionError",
+    "assert list(squares(4)) == [0, 1, 4, 9] and sum(squares(3)) == 5",
+    "import math\nassert math.isclose(area(2, scale=0.5), 2 * math.pi)",
+    "assert stats([3, 1, 2]) == ({'min': 1, 'max': 3}, (3, 6))",
+    "assert size_of(Stack([1, 2, 3])) == 3",
+    "def check(candidate):\n    assert candidate(3) is not None\n"
+    "    assert sorted(candidate(3)) == [0, 1, 4]\ncheck(squares)",
+]
+
+
+def test_tests_see_the_solution_through_remote_values():
+    """Tests run outside the sandbox: classes, methods, generators, keyword arguments, exceptions
+    (as the builtin class they derive from) and values passed back in all work as in one process."""
+    result = run_tests(REMOTE_SOLUTION, REMOTE_TESTS, SandboxLimits(timeout_s=20, memory_mb=512))
+    assert (result.status, result.passed, result.detail) == ("passed", len(REMOTE_TESTS), "")
+    wrong = REMOTE_SOLUTION.replace("return self.items.pop()", "return self.items[0]")
+    assert run_tests(wrong, REMOTE_TESTS[:1], SandboxLimits(timeout_s=20)).status == "failed"
 
 
 def test_adversarial_code_through_the_manager_the_run_goes_on(tmp_path):

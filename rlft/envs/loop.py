@@ -95,7 +95,7 @@ class EpisodeRunner:
                 f"env.path={self.cfg.path}: creating the environment with env.params="
                 f"{dict(self.cfg.params)} failed: {type(err).__name__}: {err}"
             ) from err
-        ChatRenderer(self.tokenizer, self._tool_schemas(env))
+        ChatRenderer(self.tokenizer, self._tool_schemas(env), self.cfg.chat_template)
 
     def run(
         self, generate: Generate, rows: list[dict[str, Any]], n: int, sampling: SamplingConfig, seed: int
@@ -152,7 +152,7 @@ class EpisodeRunner:
         try:
             e.env = self.make_env()
             e.messages = list(check_messages(e.env.reset(row), "reset()"))
-            e.renderer = ChatRenderer(self.tokenizer, self._tool_schemas(e.env))
+            e.renderer = ChatRenderer(self.tokenizer, self._tool_schemas(e.env), self.cfg.chat_template)
             e.prompt_ids = e.renderer.opening(e.messages)
         except Exception as err:  # the user's environment: any error ends this episode only
             e.end("error", f"{type(err).__name__} in reset(): {err}")

@@ -76,32 +76,41 @@ def load_tool_parser(spec: str, search_dirs: Sequence[Path] = ()) -> Callable[[s
     return load_object(spec, "tool parser", search_dirs=search_dirs)[0]
 
 
+PYTHON_TOOL_MAX_CHARS = 2000
+"""The python tool returns at most this many characters of output (the rest is cut, and says so)."""
+
+
 def python(code: str) -> str:
     """Run Python code in a sandbox and return what it prints (its standard output), or its error.
 
     Args:
         code: A complete Python program; use print() to show results.
     """
-    from rlft.rewards.sandbox import SandboxLimits, run_tests
+    from rlft.rewards.sandbox import Sandbox, SandboxLimits, SandboxStopped
 
-    # The sandbox's public API runs a solution then tests; the program's output comes back as the
-    # message of a test that raises it (the sandbox keeps the first 300 characters of it).
     wrapped = (
-        "import contextlib as _c, io as _io, traceback as _t\n"
-        "_rlft_out = _io.StringIO()\n"
-        "with _c.redirect_stdout(_rlft_out):\n"
+        "import contextlib as _c, io as _io\n"
+        "_rlft_buffer = _io.StringIO()\n"
+        "with _c.redirect_stdout(_rlft_buffer):\n"
         "    try:\n"
         f"        exec(compile({code!r}, '<tool>', 'exec'), {{'__name__': '__main__'}})\n"
         "    except BaseException as _e:\n"
         "        print(f'{type(_e).__name__}: {_e}')\n"
+        "_rlft_output = _rlft_buffer.getvalue()\n"
     )
-    result = run_tests(
-        wrapped, ["raise RuntimeError('\\n' + _rlft_out.getvalue())"], SandboxLimits(timeout_s=5.0)
-    )
-    if result.status in ("timeout", "crashed"):
-        return f"error: the code {result.status} ({result.detail[:200]})"
-    _, _, output = result.detail.partition("\n")
-    return output.strip()
+    try:
+        with Sandbox(wrapped, SandboxLimits(timeout_s=5.0)) as box:
+            output = box.names.get("_rlft_output")
+    except SandboxStopped as stopped:
+        return f"error: the code was stopped ({stopped.status}: {str(stopped)[:200]})"
+    if not isinstance(output, str):
+        return "error: the code left no output"
+    output = output.strip()
+    if len(output) > PYTHON_TOOL_MAX_CHARS:
+        output = (
+            output[:PYTHON_TOOL_MAX_CHARS] + f"... [{len(output) - PYTHON_TOOL_MAX_CHARS} characters cut]"
+        )
+    return output
 
 
 BUILTIN_TOOLS: dict[str, Callable[..., Any]] = {"python": python}

@@ -27,13 +27,15 @@ from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
 from rlft.rollout.agents import agent_spec, load_agent
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
+from rlft.shipped import SHIPPED_ROOT
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
 from rlft.weights import make_transport
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-"""Reward-function paths like ``rewards/synthetic.py:fn`` also resolve against the rlft checkout."""
+PROJECT_ROOT = SHIPPED_ROOT
+"""Relative paths like ``rewards/synthetic.py:fn`` resolve against the current directory, then here
+(rlft's shipped ``rewards/`` and ``envs/``, in a checkout or an installed wheel)."""
 
 log = logging.getLogger("rlft.trainer")
 
