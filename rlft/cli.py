@@ -1,7 +1,8 @@
 """The ``rlft`` command: ``rlft train [recipe=<name>] [group=option] [key=value ...]``,
 ``rlft eval <checkpoint or model> [overrides]``, ``rlft export <checkpoint> --to <dir>``,
-``rlft recipes`` (the shipped recipes, one line each) and ``rlft init <recipe>`` (copies a recipe and
-the files it references into the current directory, to edit).
+``rlft recipes`` (the shipped recipes, one line each), ``rlft init <recipe>`` (copies a recipe and
+the files it references into the current directory, to edit), ``rlft board [RUNS_DIR]`` and
+``rlft plot RUN... --metrics a,b --out fig.png``.
 
 Configs are composed with Hydra from rlft's shipped ``conf/`` (plus ``recipes/<name>.yaml`` as the
 ``recipe`` group; a ``recipes/<name>.yaml`` in the current directory wins over the shipped one) and
@@ -156,11 +157,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     init_parser.add_argument("recipe", help="a shipped recipe's name (see `rlft recipes`)")
     init_parser.add_argument("--force", action="store_true", help="overwrite files that exist")
+    board_parser = sub.add_parser(
+        "board",
+        help="a local web app over run directories: runs, curves, samples token by token, launch",
+        description="Serve the board over the run directories in RUNS_DIR (default: runs). Needs the "
+        "extra rlft[board]. Example: rlft board runs --port 8050",
+    )
+    board_parser.add_argument("runs_dir", nargs="?", default="runs", help="folder holding run directories")
+    board_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    board_parser.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
+    plot_parser = sub.add_parser(
+        "plot",
+        help="plot metrics of runs into a figure file (the board's plotting code)",
+        description="Example: rlft plot runs/a runs/b --metrics reward/mean,kl --out fig.png. "
+        ".png/.svg/.pdf need Chrome or Chromium (kaleido); .html needs nothing. Needs rlft[board].",
+    )
+    plot_parser.add_argument("runs", nargs="+", help="run directories")
+    plot_parser.add_argument("--metrics", default="reward/mean", help="comma-separated metric names")
+    plot_parser.add_argument("--out", required=True, help="figure file: .png, .svg, .pdf or .html")
+    plot_parser.add_argument("--x", choices=["step", "time"], default="step", help="x axis (default step)")
+    plot_parser.add_argument("--smoothing", type=float, default=0.0, help="EMA weight in [0, 1) (default 0)")
+    plot_parser.add_argument(
+        "--timing", action="store_true", help="plot the first run's time per step instead"
+    )
     args = parser.parse_args(argv)
     if args.command == "recipes":
         return _list_recipes()
     if args.command == "init":
         return _init(args.recipe, args.force)
+    if args.command == "board":
+        return _board(Path(args.runs_dir), args.host, args.port)
+    if args.command == "plot":
+        return _plot(args)
     if args.command == "export":
         from rlft.export import export_checkpoint
 
@@ -189,12 +217,91 @@ def main(argv: list[str] | None = None) -> int:
         from rlft.trainers.preference import train
     else:
         from rlft.trainers.online import train
+    from rlft.trainers.run_status import mark_ended, set_command
+
+    set_command(["train", *args.overrides])
+    run_dir = Path(cfg.trainer.output_dir)
     try:
-        run_dir = train(cfg)
+        train(cfg)
     except SetupError as err:
+        mark_ended(run_dir, "crashed", str(err))  # if found after the run's folder was written
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        mark_ended(run_dir, "interrupted")
+        raise
+    except BaseException as err:
+        mark_ended(run_dir, "crashed", f"{type(err).__name__}: {err}")
+        raise
+    mark_ended(run_dir, "finished")
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _board_extra() -> str | None:
+    """None if the ``rlft[board]`` packages import, else the error to print."""
+    try:
+        import dash  # noqa: F401
+        import plotly  # noqa: F401
+    except ImportError as err:
+        return f"rlft: error: {err.name} is missing: install the board's extra, pip install 'rlft[board]'"
+    return None
+
+
+def _board(runs_dir: Path, host: str, port: int) -> int:
+    """``rlft board``: serve the app until Ctrl-C; runs it launched are stopped on exit."""
+    if error := _board_extra():
+        print(error, file=sys.stderr)
+        return 2
+    if not runs_dir.is_dir():
+        print(f"rlft: error: {runs_dir} is not a folder (give the folder your runs are in)", file=sys.stderr)
+        return 2
+    from rlft.board.app import create_app
+
+    app = create_app(runs_dir.resolve())
+    print(f"rlft board over {runs_dir.resolve()}: http://{host}:{port}/")
+    try:
+        app.run(host=host, port=port, debug=False)
+    finally:
+        app.board_launcher.stop_all()
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    """``rlft plot``: the board's curves (or timing) figure of ``args.runs`` written to ``args.out``."""
+    if error := _board_extra():
+        print(error, file=sys.stderr)
+        return 2
+    from rlft.board import plots
+    from rlft.board.runs import MetricsFile
+
+    runs = {}
+    for run in args.runs:
+        rows = MetricsFile(Path(run) / "metrics.jsonl").rows()
+        if not rows:
+            print(f"rlft: error: {run} has no metrics (no {Path(run) / 'metrics.jsonl'})", file=sys.stderr)
+            return 2
+        runs[Path(run).name] = rows
+    metrics = [m for m in args.metrics.split(",") if m]
+    known = {key for rows in runs.values() for row in rows for key in row}
+    if missing := [m for m in metrics if m not in known]:
+        print(f"rlft: error: no run logged {missing}; logged: {sorted(known - {'step'})}", file=sys.stderr)
+        return 2
+    if args.timing:
+        name, rows = next(iter(runs.items()))
+        fig = plots.timing_figure(name, rows, args.x)
+    else:
+        fig = plots.curves_figure(runs, metrics, args.x, args.smoothing)
+    out = Path(args.out)
+    if out.suffix == ".html":
+        fig.write_html(out, include_plotlyjs=True)  # self-contained: plotly.js inlined
+    else:
+        try:
+            fig.write_image(out, width=900, height=fig.layout.height or 400)
+        except Exception as err:  # kaleido: no Chrome found, or a format it does not know
+            print(f"rlft: error: could not write {out}: {err}", file=sys.stderr)
+            return 2
+    print(f"wrote {out}")
     return 0
 
 

@@ -445,6 +445,12 @@ class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     samples_per_step: int = 4
     """Completions per step written to samples.jsonl (0 = none)."""
+    token_stats: bool = False
+    """Also write, for each of those completions, its tokens and per token the sampler's and the
+    learner's log-probability, the entropy and the advantage (what ``rlft board`` colours tokens
+    by): about 50 bytes per completion token in samples.jsonl, and one extra no-grad forward pass
+    of the policy over those samples per step (plus, for PPO or an in-reward KL, the critic or
+    reference over the step's samples)."""
 
 
 @dataclass(init=False)  # __init__ is written out below (the `async` field)

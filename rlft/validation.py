@@ -49,6 +49,11 @@ def validate(cfg: RLFTConfig) -> None:
             "algorithm.kind=preference trains on fixed preference data with no rollout workers or "
             "reward model: unset cluster.colocate and reward.model.path",
         ),
+        (
+            online or not cfg.tracking.token_stats,
+            "tracking.token_stats records per-token sampler and learner statistics of online runs; "
+            "algorithm.kind=preference samples nothing: set tracking.token_stats=false",
+        ),
         (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
         (
             cfg.data.on_too_long in ("filter", "error"),

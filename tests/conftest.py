@@ -58,3 +58,19 @@ def quickstart_learns(quickstart_args: Callable[..., list[str]]) -> Callable[...
         return metrics
 
     return run
+
+
+@pytest.fixture(scope="session")
+def token_stats_run(
+    tmp_path_factory: pytest.TempPathFactory, quickstart_args: Callable[..., list[str]]
+) -> Path:
+    """A finished 3-step quickstart run (in-process, cluster.mode=local) recording token statistics
+    of every sample: 2 groups of 4 per step, all 8 written to samples.jsonl. Its folder is the
+    only run in its parent folder (for ``rlft board``)."""
+    from rlft.cli import main
+
+    out = tmp_path_factory.mktemp("board_runs") / "tiny"
+    overrides = ("cluster.mode=local", "trainer.max_steps=3", "tracking.token_stats=true")
+    shape = ("algorithm.group_size=4", "data.global_prompts_per_step=2", "tracking.samples_per_step=8")
+    assert main(quickstart_args(out, *overrides, *shape)) == 0
+    return out

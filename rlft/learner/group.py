@@ -57,7 +57,7 @@ def _example_tokens(example: Any) -> int:
     return len(example.prompt_ids) + len(example.completion_ids)
 
 
-WHOLE_MODEL_CALLS = ("get_weights", "completion_logprobs", "reference_logps")
+WHOLE_MODEL_CALLS = ("get_weights", "completion_logprobs", "reference_logps", "token_stats")
 """Learner methods that every rank of a sharded (FSDP2) group must run together."""
 
 

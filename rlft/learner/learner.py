@@ -370,6 +370,35 @@ class Learner:
         logprobs = self._no_grad_forward(self._logprobs_of(self.model), batch)
         return [row[mask.bool()].tolist() for row, mask in zip(logprobs, batch.completion_mask, strict=True)]
 
+    @torch.no_grad()
+    def token_stats(self, samples: list[Sample], rows: list[int]) -> list[dict[str, list[float]]]:
+        """Per completion token of ``samples[i]`` for each ``i`` in ``rows`` (``tracking.token_stats``):
+        the current policy's log-probability (``learner_logprob``; call it before the step's update,
+        so that its gap to the sampler's is the rollout/learner mismatch), its entropy and the
+        advantage the update will use, each rounded to four decimals.
+
+        ``samples`` is the whole step (advantages need every group; PPO's critic values and an
+        in-reward KL are computed over all of it). It runs on this learner alone (a data-parallel
+        group's rank 0; with fsdp2 every rank runs it on the same samples, in lockstep), so the
+        data-parallel gathering is off meanwhile."""
+        dp, self.dp = self.dp, None
+        try:
+            whole = Shard(list(range(len(samples))), [len(samples)], len(samples))
+            batch = self._prepare(collate(samples, self.pad_token_id).to(self.device), whole)
+            picked = batch.select(torch.tensor(rows, device=self.device))
+            logprobs, entropy = self._logprobs(self.model, picked, entropy=True)
+        finally:
+            self.dp = dp
+        out = []
+        for row, mask in enumerate(picked.completion_mask.bool()):
+            values = {
+                "learner_logprob": logprobs[row],
+                "entropy": entropy[row],
+                "advantage": picked.advantages[row],
+            }
+            out.append({k: [round(x, 4) for x in v[mask].float().tolist()] for k, v in values.items()})
+        return out
+
     # --- weights and checkpoints ----------------------------------------------------------------
 
     def get_weights(self, bucket_bytes: int = 512 * MiB) -> WeightUpdate:

@@ -127,7 +127,17 @@ class RewardManager:
     def score(
         self, prompts: list[str], completions: list[str], columns: dict[str, list]
     ) -> tuple[list[float], dict[str, float]]:
-        """Combined reward per sample (NaN = no opinion from any function) and a flat metrics dict.
+        """Combined reward per sample (NaN = no opinion from any function) and a flat metrics dict
+        (see :meth:`score_per_function`)."""
+        totals, metrics, _ = self.score_per_function(prompts, completions, columns)
+        return totals, metrics
+
+    def score_per_function(
+        self, prompts: list[str], completions: list[str], columns: dict[str, list]
+    ) -> tuple[list[float], dict[str, float], dict[str, list[float | None]]]:
+        """Combined reward per sample (NaN = no opinion from any function), a flat metrics dict, and
+        each function's value per sample by its metric name (``None`` = no opinion; a failure counts
+        as ``failure_reward``).
 
         Metrics per function: ``reward/<fn>/mean`` (over samples with a value, failures counted at
         ``failure_reward``), ``/none_frac``, ``/errors`` (raised, bad output, worker died),
@@ -140,9 +150,10 @@ class RewardManager:
         totals = [0.0] * n
         has_opinion = [False] * n
         metrics: dict[str, float] = {"reward/errors": 0, "reward/timeouts": 0}
+        per_function: dict[str, list[float | None]] = {}
         for fn, weight, (outputs, seconds) in zip(self.functions, self.weights, results, strict=True):
             metrics[f"timing/reward/{fn.name}_s"] = seconds
-            values = [self._value(fn, output) for output in outputs]
+            values = per_function[fn.name] = [self._value(fn, output) for output in outputs]
             for i, value in enumerate(values):
                 if value is not None:
                     totals[i] += weight * value
@@ -157,7 +168,8 @@ class RewardManager:
             metrics[f"reward/{fn.name}/none_frac"] = (n - len(numeric)) / n if n else 0.0
             if numeric:
                 metrics[f"reward/{fn.name}/mean"] = fmean(numeric)
-        return [t if ok else math.nan for t, ok in zip(totals, has_opinion, strict=True)], metrics
+        combined = [t if ok else math.nan for t, ok in zip(totals, has_opinion, strict=True)]
+        return combined, metrics, per_function
 
     def _run_all(
         self, prompts: list[str], completions: list[str], columns: dict[str, list]

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rlft.config import RLFTConfig, TrainerConfig
+from rlft.trainers.run_status import mark_running
 
 CKPT_PREFIX = "step_"
 _TMP, _OLD, _DEL = ".tmp-", ".old-", ".del-"
@@ -38,10 +39,12 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def create_run_dir(cfg: RLFTConfig) -> Path:
-    """``trainer.output_dir``, created if needed, with the resolved config in its config.yaml."""
+    """``trainer.output_dir``, created if needed, with the resolved config in its config.yaml and
+    this process in its status.json (:mod:`rlft.trainers.run_status`)."""
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    mark_running(run_dir)
     return run_dir
 
 

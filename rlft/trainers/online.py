@@ -108,6 +108,10 @@ def run_steps(
             # of rewards, groups and, for PPO, its critic's values) and the loss. Colocated
             # rollout workers sleep meanwhile, to leave the device's memory to the learner.
             _on_workers(cluster, workers, "sleep", cfg.cluster.colocate)
+            logged = min(cfg.tracking.samples_per_step, len(rollout.completions))
+            token_stats = None
+            if cfg.tracking.token_stats and logged:  # before the update: the policy that is trained
+                token_stats = cluster.get(learner.token_stats.remote(rollout.samples(), list(range(logged))))
             learner_metrics = learner.train_step(rollout.samples())
             _on_workers(cluster, workers, "wake_up", cfg.cluster.colocate)
 
@@ -132,7 +136,7 @@ def run_steps(
                 "data/filtered_too_long": inputs.sampler.num_filtered_too_long,
             }
             trackers.log(metrics, step)
-            trackers.log_samples(rollout.sample_rows(cfg.tracking.samples_per_step), step)
+            trackers.log_samples(rollout.sample_rows(logged, token_stats, inputs.tokenizer), step)
 
             # The sampler's position as of this step's prompts (async rollouts may be drawing more).
             checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, SamplerState(rollout.sampler_state))

@@ -66,6 +66,8 @@ class Rollout:
     sample_groups: list[int] | None = None
     """Per sample, its group (prompt index) where groups differ in size (agents: one episode can
     make several trajectories, a failed one none); None = group-major, G samples per prompt."""
+    reward_columns: dict[str, list[float | None]] = field(default_factory=dict)
+    """Each reward function's value per sample (by its metric name), for samples.jsonl."""
 
     def group_of(self) -> list[int]:
         """Each sample's group: the index of its prompt."""
@@ -90,6 +92,9 @@ class Rollout:
             self.sampler_state,
             None if self.episodes is None else [self.episodes[i] for i in samples],
             None if self.sample_groups is None else [renumber[owner[i]] for i in samples],
+            reward_columns={
+                name: [values[i] for i in samples] for name, values in self.reward_columns.items()
+            },
         )
 
     def extend(self, other: Rollout) -> Rollout:
@@ -108,6 +113,9 @@ class Rollout:
             other.sampler_state,
             None if self.episodes is None else self.episodes + other.episodes,
             self.group_of() + [len(self.prompts) + j for j in other.group_of()] if uneven else None,
+            reward_columns={
+                name: v + other.reward_columns.get(name, []) for name, v in self.reward_columns.items()
+            },
         )
 
     def samples(self) -> list[Sample]:
@@ -152,8 +160,15 @@ class Rollout:
             stats |= episode_metrics(self.episodes)
         return stats
 
-    def sample_rows(self, n: int) -> list[dict[str, Any]]:
-        """The first ``n`` completions (episodes: their messages), for samples.jsonl."""
+    def sample_rows(
+        self, n: int, token_stats: list[dict[str, list[float]]] | None = None, tokenizer: Any = None
+    ) -> list[dict[str, Any]]:
+        """The first ``n`` completions, for samples.jsonl: prompt, completion, combined reward, each
+        reward function's value (``rewards``), the sample's group and index in the step.
+
+        With ``token_stats`` (the learner's :meth:`~rlft.learner.learner.Learner.token_stats` of
+        these samples) each row also holds its completion ``tokens`` (each decoded alone with
+        ``tokenizer``) and, per token, the sampler's log-probability beside the learner's values."""
         if self.episodes is not None:
             return [
                 {
@@ -167,15 +182,28 @@ class Rollout:
                 }
                 for e, r in zip(self.episodes[:n], self.rewards[:n].tolist(), strict=True)
             ]
-        return [
-            {
+        rows = []
+        for i, (c, r) in enumerate(zip(self.completions[:n], self.rewards[:n].tolist(), strict=True)):
+            row = {
                 "prompt": self.prompts[i // self.group_size],
                 "completion": c.text,
                 "reward": r,
+                "rewards": {name: values[i] for name, values in self.reward_columns.items()},
+                "group": i // self.group_size,
+                "index": i,
+                "finish_reason": c.finish_reason,
                 "policy_version": c.policy_version,
             }
-            for i, (c, r) in enumerate(zip(self.completions[:n], self.rewards[:n].tolist(), strict=True))
-        ]
+            if token_stats is not None:
+                row["tokens"] = [tokenizer.decode([t]) for t in c.token_ids]
+                row["token_stats"] = {"sampler_logprob": _rounded(c.logprobs), **token_stats[i]}
+            rows.append(row)
+        return rows
+
+
+def _rounded(values: list[float]) -> list[float]:
+    """Four decimals: plenty for colouring tokens, and about half the bytes of full floats."""
+    return [round(v, 4) for v in values]
 
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
@@ -306,9 +334,19 @@ def rollout_round(ctx: RolloutContext, n: int, seed: int) -> Rollout:
     start = time.perf_counter()
     columns = {k: [row[k] for row in rows for _ in range(g)] for k in ctx.sampler.columns}
     columns.pop(cfg.data.prompt_column)
-    rewards, metrics = score(ctx, [p for p in prompts for _ in range(g)], completions, columns)
+    rewards, metrics, per_function = score(ctx, [p for p in prompts for _ in range(g)], completions, columns)
     timings = {"timing/rollout_s": rollout_s, "timing/reward_s": time.perf_counter() - start}
-    return Rollout(g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state)
+    return Rollout(
+        g,
+        prompts,
+        prompt_ids,
+        completions,
+        rewards,
+        metrics,
+        timings,
+        sampler_state,
+        reward_columns=per_function,
+    )
 
 
 def _episode_round(
@@ -331,7 +369,7 @@ def _episode_round(
     rewards, metrics = env_rewards, {}
     if ctx.rewards is not None or ctx.reward_model is not None or cfg.algorithm.overlong_buffer_len > 0:
         columns = {k: [row[k] for row in rows for _ in range(g)] for k in ctx.sampler.columns}
-        scored, metrics = score(ctx, openings, completions, columns)
+        scored, metrics, _ = score(ctx, openings, completions, columns)
         both = torch.stack([env_rewards, scored])
         rewards = torch.where(both.isnan().all(0), float("nan"), both.nan_to_num(0.0).sum(0))
         failed = torch.tensor([e.finish_reason in ("error", "timeout") for e in episodes])
@@ -410,17 +448,20 @@ def generate(
 
 def score(
     ctx: RolloutContext, prompts: list[str], completions: list[Completion], columns: dict[str, list]
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reward functions' weighted sum + weighted reward-model score + DAPO overlong shaping."""
+) -> tuple[torch.Tensor, dict[str, float], dict[str, list[float | None]]]:
+    """Reward functions' weighted sum + weighted reward-model score + DAPO overlong shaping; also
+    each part's value per sample (reward functions by name, ``model``, ``overlong_penalty``)."""
     texts = [c.text for c in completions]
     rewards = torch.full((len(texts),), float("nan"))
     metrics: dict[str, float] = {}
+    per_function: dict[str, list[float | None]] = {}
     if ctx.rewards is not None:
-        scores, metrics = ctx.rewards.score(prompts, texts, columns)
+        scores, metrics, per_function = ctx.rewards.score_per_function(prompts, texts, columns)
         rewards = torch.tensor(scores, dtype=torch.float32)
     if ctx.reward_model is not None:
         rm = torch.tensor(ctx.cluster.get(ctx.reward_model.score.remote(prompts, texts)), dtype=torch.float32)
         metrics["reward/model/mean"] = rm.mean().item()
+        per_function["model"] = rm.tolist()
         rewards = torch.nan_to_num(rewards, nan=0.0) + ctx.cfg.reward.model.weight * rm
     algo = ctx.cfg.algorithm
     if algo.overlong_buffer_len > 0:
@@ -429,5 +470,6 @@ def score(
             lengths, ctx.cfg.rollout.sampling.max_new_tokens, algo.overlong_buffer_len, algo.overlong_penalty
         )
         metrics["reward/overlong_penalty/mean"] = penalty.mean().item()
+        per_function["overlong_penalty"] = penalty.tolist()
         rewards = rewards + penalty
-    return rewards, metrics
+    return rewards, metrics, per_function
