@@ -91,7 +91,9 @@ def test_an_unchanged_multi_call_agent_learns(tmp_path: Path, tiny_model_dir: Pa
 @pytest.mark.slow
 def test_a_verifiers_environment_learns(tmp_path: Path, tiny_model_dir: Path) -> None:
     """tests/hub_envs/verifiers_envs.py:two_turns (a verifiers MultiTurnEnv, its Rubric scores the
-    share of the asked letter) through the endpoint, under Ray."""
+    share of the asked letter) through the endpoint, under Ray. Measured on 2 busy CPU cores, 16
+    prompts x 8 episodes per step: reward 0.063 over steps 1-5, 0.122 over 36-40, 0.165 over
+    56-60; 2.0 calls and 1.0 merges per episode, logprob_diff/sampler <= 3.2e-7."""
     pytest.importorskip("verifiers")
     metrics = train(
         tmp_path / "run", tiny_model_dir, "trainer.max_steps=40", "data.global_prompts_per_step=16",
