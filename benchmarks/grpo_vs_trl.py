@@ -7,14 +7,24 @@ step, one AdamW step per RL step (micro-batches of ``--micro``), beta 0, tempera
 prompts (about 64 tokens) and the same string reward (``rewards/synthetic.py:repeat_char``).
 Neither side can stop generation early except on EOS, which a random model rarely samples.
 
-- rlft: ``rlft.trainers.online.train`` in-process (``cluster.mode=local``): the rollout worker and
-  the learner each hold a copy of the model on the one GPU; weights move through in-process CUDA
-  buckets. Breakdown from rlft's own ``timing/*`` metrics; ``idle`` = step - (rollout + reward +
-  train + sync): orchestration.
-- trl: ``GRPOTrainer`` (transformers ``generate``, no vLLM), step time from a callback around each
-  optimizer step; breakdown from TRL's own profiling timers: rollout = ``transformers.generate``,
-  reward = ``_calculate_rewards``, idle = the rest of ``_prepare_inputs`` (batching, advantages),
-  train = everything else (loss forward, backward, optimizer).
+Sides (``--sides``, comma list; one invocation measures them all):
+
+- ``rlft``: ``rlft.trainers.online.train`` in-process (``cluster.mode=local``), the hf engine
+  (``--decode`` variants): rollout worker and learner each hold a copy of the model on the one GPU.
+- ``rlft-vllm``: the same with ``rollout.engine=vllm``.
+- ``rlft-ray``: the path README recommends on a GPU: Ray actors, ``rollout.engine=vllm``,
+  ``cluster.colocate=true`` (learner and rollout worker share the GPU; vLLM sleeps while the
+  learner trains), every other setting at its default (``weights.transport=auto`` picks CUDA IPC).
+- ``trl``: ``GRPOTrainer`` with transformers ``generate``.
+- ``trl-vllm``: ``GRPOTrainer(use_vllm=True, vllm_mode="colocate")``, vLLM in the trainer's
+  process at ``--vllm-gpu-memory`` of the GPU (TRL's default 0.3; rlft's vLLM sides use the same).
+
+rlft's breakdown comes from its own ``timing/*`` metrics; TRL's from its profiling timers: rollout
+= ``vLLM.generate`` / ``transformers.generate``, sync = ``sync_weights``, reward =
+``_calculate_rewards``, idle = the rest of ``_prepare_inputs`` (batching, advantages), train =
+everything else (loss forward, backward, optimizer). ``idle`` = step - (rollout + reward + train +
+sync): orchestration (for rlft-ray it includes vLLM's sleep and wake-up). Peak GB is the child
+process's torch peak (for rlft-ray the driver's, which holds no model: not reported).
 
   GPU:   python benchmarks/grpo_vs_trl.py --steps 6 --out $OUT
   CPU dry run (tiny model, short lengths):
@@ -29,6 +39,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +66,9 @@ def build_inputs(model: str, root: Path, num_prompts: int) -> tuple[Path, Path, 
     else:
         path = save_random_qwen2({**QWEN2_05B, "vocab_size": 32000}, root / "qwen2-0.5b-v32k", "bfloat16")
         dtype = "bfloat16"
+        for f in tiny.iterdir():  # vLLM (TRL's) loads the tokenizer from the model's directory
+            if f.name.startswith("tokenizer") or f.suffix == ".jinja":
+                shutil.copy(f, path)
     rng = random.Random(0)
     data = root / "prompts.jsonl"
     with data.open("w") as f:
@@ -63,6 +77,30 @@ def build_inputs(model: str, root: Path, num_prompts: int) -> tuple[Path, Path, 
             filler = " ".join(rng.choices(WORDS, k=40))
             f.write(json.dumps({"prompt": f"{filler}. Repeat this digit: {digit}", "answer": digit}) + "\n")
     return path, tiny, dtype, data
+
+
+def placement(side: str, args: argparse.Namespace) -> list[str]:
+    """The rlft overrides that make ``side`` what the module docstring says."""
+    gpu = torch.cuda.is_available()
+    vllm = [
+        "rollout.engine=vllm",
+        f"rollout.vllm.gpu_memory_utilization={args.vllm_gpu_memory}",
+        f"rollout.vllm.max_model_len={args.max_model_len}",
+        *([] if gpu else ["rollout.vllm.enforce_eager=true"]),
+    ]
+    decode = args.decode.split("+")
+    hf = ["rollout.engine=hf", f"rollout.hf.decode={decode[0]}", f"rollout.hf.compile={'compile' in decode}"]
+    if side == "rlft":
+        return ["cluster=local", *hf]
+    if side == "rlft-vllm":
+        return ["cluster=local", *vllm]
+    if side == "rlft-ray":
+        ray = ["cluster.mode=ray", f"cluster.num_cpus={min(os.cpu_count() or 2, 8)}"]
+        if gpu:  # one bundle of one GPU: learner and rollout worker half each
+            ray += ["cluster.colocate=true", "learner.num_gpus_per_worker=1"]
+            ray += ["rollout.vllm.enable_sleep_mode=true"]
+        return [*ray, *vllm]
+    raise ValueError(f"unknown rlft side {side!r}")
 
 
 def run_rlft(
@@ -75,7 +113,7 @@ def run_rlft(
     out = Path(tempfile.mkdtemp(prefix="rlft-grpo-"))
     cfg = load_config(
         [
-            "cluster=local",
+            *placement(args.child, args),
             f"model.path={model}",
             f"model.tokenizer_path={tokenizer}",
             f"model.dtype={dtype}",
@@ -86,11 +124,8 @@ def run_rlft(
             f"algorithm.group_size={args.group}",
             "algorithm.beta=0.0",
             f"rollout.sampling.max_new_tokens={args.max_new_tokens}",
-            f"rollout.hf.decode={args.decode.split('+')[0]}",
-            f"rollout.hf.compile={'compile' in args.decode.split('+')}",
             f"learner.per_device_samples_per_micro_batch={args.micro}",
             "learner.lr=1e-6",
-            "weights.transport=cuda_ipc" if torch.cuda.is_available() else "weights.transport=object_store",
             "weights.bucket_mb=1024",
             f"reward.functions=[{REWARD}]",
             f"trainer.max_steps={args.steps}",
@@ -112,10 +147,12 @@ def run_rlft(
             "train": r["timing/train_s"],
             "sync": r["timing/weight_sync_s"],
             "completion_tokens": r["response_len/mean"] * args.prompts * args.group,
+            "logprob_gap": r.get("logprob_diff/sampler", float("nan")),
         }
         for r in rows
     ]
-    return {"side": "rlft", "decode": args.decode, "steps": steps, "peak_gb": peak_gb()}
+    peak = float("nan") if args.child == "rlft-ray" else peak_gb()
+    return {"side": args.child, "decode": args.decode, "steps": steps, "peak_gb": peak}
 
 
 def run_trl(
@@ -152,10 +189,21 @@ def run_trl(
             step = time.perf_counter() - self.start
             rollout = sum(v for n, v in t.items() if n.endswith(("generate", "generate_batch")))
             reward = t.get("GRPOTrainer._calculate_rewards", 0.0)
-            # _prepare_inputs (every micro-batch) = generation + rewards + batching and advantages
-            prep = t.get("GRPOTrainer._prepare_inputs", 0.0) - rollout - reward
-            train = step - rollout - reward - prep  # loss forward, backward, optimizer
-            steps.append({"step": step, "rollout": rollout, "reward": reward, "train": train, "timers": t})
+            weight_sync = t.get("GRPOTrainer.sync_weights", 0.0)
+            # _prepare_inputs (every micro-batch) = weight sync + generation + rewards + batching
+            # and advantages
+            prep = t.get("GRPOTrainer._prepare_inputs", 0.0) - rollout - reward - weight_sync
+            train = step - rollout - reward - weight_sync - prep  # loss forward, backward, optimizer
+            steps.append(
+                {
+                    "step": step,
+                    "rollout": rollout,
+                    "reward": reward,
+                    "train": train,
+                    "sync": weight_sync,
+                    "timers": t,
+                }
+            )
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
@@ -177,6 +225,16 @@ def run_trl(
         save_strategy="no",
         seed=0,
         use_cpu=not torch.cuda.is_available(),
+        **(
+            {
+                "use_vllm": True,
+                "vllm_mode": "colocate",
+                "vllm_gpu_memory_utilization": args.vllm_gpu_memory,
+                "vllm_max_model_length": args.max_model_len or None,
+            }
+            if args.child == "trl-vllm"
+            else {}
+        ),
     )
     trainer = GRPOTrainer(
         model=model,
@@ -193,8 +251,8 @@ def run_trl(
     ]
     for s, length in zip(steps, lengths, strict=False):
         s["completion_tokens"] = length * args.prompts * args.group
-        s["logprobs"] = s["sync"] = 0.0
-    return {"side": "trl", "steps": steps, "peak_gb": peak_gb()}
+        s["logprobs"] = 0.0
+    return {"side": args.child, "steps": steps, "peak_gb": peak_gb()}
 
 
 def run_child(script: str, argv: list[str], label: str) -> dict[str, Any] | None:
@@ -225,6 +283,7 @@ def peak_gb() -> float:
 
 
 PARTS = ("rollout", "reward", "logprobs", "train", "sync")
+SIDES = ("rlft", "rlft-vllm", "rlft-ray", "trl", "trl-vllm")
 
 
 def summarize(result: dict[str, Any], warmup: int) -> dict[str, float]:
@@ -234,13 +293,16 @@ def summarize(result: dict[str, Any], warmup: int) -> dict[str, float]:
     med["idle"] = statistics.median(s["step"] - sum(s[p] for p in PARTS) for s in steps)
     med["tokens_per_s"] = med["completion_tokens"] / med["step"]
     med["peak_gb"] = result["peak_gb"]
+    med["logprob_gap"] = statistics.median(s.get("logprob_gap", float("nan")) for s in steps)
     return med
 
 
-def table(rows: list[tuple[str, dict[str, float]]], reference: dict[str, float] | None) -> str:
+def table(
+    rows: list[tuple[str, dict[str, float]]], reference: dict[str, float] | None, reference_name: str
+) -> str:
     head = (
         "| side | s/step | rollout | reward | logprobs | train | sync | idle (%) | completion tok/s "
-        "| peak GB | TRL s / side s |"
+        f"| peak GB | {reference_name} s / side s |"
     )
     lines = [head, "|" + "---|" * 11]
     for name, m in rows:
@@ -258,7 +320,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=["qwen05b", "tiny"], default="qwen05b")
-    parser.add_argument("--sides", default="rlft,trl", help="comma list of rlft, trl")
+    parser.add_argument(
+        "--sides",
+        default="trl-vllm,rlft-ray,rlft-vllm,rlft",
+        help=f"comma list of {', '.join(SIDES)}",
+    )
     parser.add_argument(
         "--decode",
         default="static",
@@ -268,6 +334,12 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--micro", type=int, default=16, help="samples per forward/backward, both sides")
+    parser.add_argument(
+        "--vllm-gpu-memory", type=float, default=0.3, help="vLLM's GPU share, every vLLM side"
+    )
+    parser.add_argument(
+        "--max-model-len", type=int, default=0, help="vLLM's longest sequence (0: the model's own)"
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rlft-override", action="append", default=[], help="extra rlft config override")
@@ -278,7 +350,7 @@ def main() -> None:
 
     if args.child:  # one side, in this process; result as JSON on the last stdout line
         inputs = build_inputs(args.model, Path(args.root), 64)
-        result = run_rlft(args, *inputs) if args.child == "rlft" else run_trl(args, *inputs)
+        result = run_rlft(args, *inputs) if args.child.startswith("rlft") else run_trl(args, *inputs)
         print("RESULT " + json.dumps(result))
         return
 
@@ -286,10 +358,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     build_inputs(args.model, root, 64)
-    cases = [("rlft", d) for d in args.decode.split(",")] if "rlft" in args.sides else []
-    cases += [("trl", "-")] if "trl" in args.sides else []
+    sides = args.sides.split(",")
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"--sides: {sorted(unknown)} not among {SIDES}")
+    cases = [(side, d) for side in sides for d in (args.decode.split(",") if side == "rlft" else ["-"])]
     rows: list[tuple[str, dict[str, float]]] = []
-    reference = None
+    results: dict[str, dict[str, float]] = {}
     for side, decode in cases:
         argv = [*sys.argv[1:], "--child", side, "--root", str(root), "--decode", decode]
         result = run_child(__file__, argv, f"{side} decode={decode}")
@@ -298,14 +373,14 @@ def main() -> None:
         summary = summarize(result, args.warmup)
         with (out / "grpo_vs_trl.jsonl").open("a") as f:
             f.write(json.dumps({**result, "summary": summary, "args": vars(args)}) + "\n")
-        name = side if side == "trl" else f"rlft ({decode})"
+        name = f"rlft ({decode})" if side == "rlft" else side
         print(name, json.dumps({k: round(v, 4) for k, v in summary.items()}))
         print("  per-step s:", [round(s["step"], 3) for s in result["steps"]])
         rows.append((name, summary))
-        if side == "trl":
-            reference = summary
+        results[side] = summary
+    reference = results.get("trl-vllm") or results.get("trl")  # TRL + vLLM first: what GPU users run
     print()
-    print(table(rows, reference))
+    print(table(rows, reference, "TRL+vLLM" if "trl-vllm" in results else "TRL"))
 
 
 if __name__ == "__main__":

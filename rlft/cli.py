@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return 0
 
-    from rlft.trainers.online import SetupError
+    from rlft.errors import Interrupted, RunFailed, SetupError
 
     if cfg.algorithm.kind == "preference":
         from rlft.trainers.preference import train
@@ -227,15 +228,36 @@ def main(argv: list[str] | None = None) -> int:
         mark_ended(run_dir, "crashed", str(err))  # if found after the run's folder was written
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except RunFailed as err:
+        mark_ended(run_dir, "crashed", str(err))
+        print(f"rlft: error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as stop:
         mark_ended(run_dir, "interrupted")
-        raise
+        where = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet: it starts afresh"
+        print(
+            f"rlft: interrupted after step {stop.step} of {stop.max_steps} ({where}); resume with: "
+            f"{_resume_command(args.overrides, stop.run_dir)}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:  # while starting, before the steps
+        mark_ended(run_dir, "interrupted")
+        print("rlft: interrupted before the first step; nothing to resume", file=sys.stderr)
+        return 130
     except BaseException as err:
         mark_ended(run_dir, "crashed", f"{type(err).__name__}: {err}")
         raise
     mark_ended(run_dir, "finished")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def _resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The ``rlft train`` command that continues an interrupted run in ``run_dir``."""
+    replaced = ("trainer.output_dir=", "trainer.resume=", "trainer.overwrite=")
+    kept = [o for o in overrides if not o.startswith(replaced)]
+    return shlex.join(["rlft", "train", *kept, f"trainer.output_dir={run_dir}", "trainer.resume=auto"])
 
 
 def _board_extra() -> str | None:

@@ -4,14 +4,18 @@ and per-token log-probabilities computed from the final hidden states in chunks.
 from __future__ import annotations
 
 import functools
+import os
+import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor
 
 from rlft.config import ModelConfig
-from rlft.tiny_model import resolve_model_path
+from rlft.tiny_model import TINY_MODEL_NAME, resolve_model_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("none", "4bit")
@@ -23,6 +27,67 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""Config attributes that hold a model's context length (positions), by model family."""
+
+
+def check_model_source(path: str, key: str) -> None:
+    """Raise a ValueError naming ``key`` if ``path`` is neither a directory nor a hub id that can be
+    loaded: a path that does not exist, a file, or a hub id while the hub cannot be reached (or is
+    switched off with ``HF_HUB_OFFLINE``) and the model is not in the local hub cache."""
+    if path == TINY_MODEL_NAME:
+        return
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return
+    if local.exists():
+        raise ValueError(f"{key}={path!r} is a file; give the directory that holds the model's files")
+    if path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        relative = "" if local.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ValueError(f"{key}={path!r}: the directory does not exist{relative}")
+    import huggingface_hub
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(path, "config.json"), str):
+        return  # cached: loads without the hub
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
+    if offline or not hub_reachable():
+        why = "the hub is switched off (HF_HUB_OFFLINE is set)" if offline else "the hub cannot be reached"
+        raise ValueError(
+            f"{key}={path!r} is no local directory, so it is taken as a Hugging Face hub id, but {why} "
+            f"and the model is not in the local hub cache. Fix: point {key} at the model's directory, or "
+            f"download it where the hub is reachable (huggingface-cli download {path}) into this "
+            "machine's hub cache (HF_HOME)"
+        )
+
+
+def hub_reachable(timeout_s: float = 5.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub's host opens within ``timeout_s`` (without
+    this check an unreachable hub costs minutes of retries before from_pretrained gives up)."""
+    import huggingface_hub
+
+    url = urlsplit(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def context_length(cfg: ModelConfig) -> int | None:
+    """The number of positions the model at ``model.path`` was built for (its config's
+    ``max_position_embeddings`` or the family's equivalent); None if its config names none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.path), trust_remote_code=cfg.trust_remote_code)
+    config = getattr(config, "text_config", None) or config
+    return next((int(v) for k in CONTEXT_KEYS if isinstance(v := getattr(config, k, None), int)), None)
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:

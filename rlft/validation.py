@@ -7,7 +7,10 @@ documented dataclass per group, is :mod:`rlft.config`.
 
 from __future__ import annotations
 
-from rlft.config import HF_DECODES, RLFTConfig
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from rlft.config import HF_DECODES, VLLM_WEIGHT_UPDATES, Range, RLFTConfig
 from rlft.rollout.agents import agent_spec
 
 GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
@@ -15,12 +18,13 @@ GROUP_BASELINE_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 
 
 def validate(cfg: RLFTConfig) -> None:
-    """Checks across keys that a type alone cannot express; raises ValueError naming the key."""
+    """Every numeric key within its declared range (:func:`check_ranges`), then the checks across
+    keys that a type alone cannot express; raises ValueError naming the key."""
+    check_ranges(cfg)
     online = cfg.algorithm.kind == "online"
     agent = agent_spec(cfg.agent)  # a ValueError when more than one agent key is set
     checks = [
         (cfg.algorithm.kind in ("online", "preference"), "algorithm.kind must be online or preference"),
-        (cfg.algorithm.group_size >= 1, "algorithm.group_size must be >= 1"),
         (
             cfg.algorithm.group_size >= 2 or cfg.algorithm.advantage not in GROUP_BASELINE_ADVANTAGES,
             f"algorithm.group_size must be >= 2 for algorithm.advantage={cfg.algorithm.advantage} "
@@ -29,10 +33,6 @@ def validate(cfg: RLFTConfig) -> None:
         (
             cfg.algorithm.overlong_buffer_len < cfg.rollout.sampling.max_new_tokens,
             "algorithm.overlong_buffer_len must be smaller than rollout.sampling.max_new_tokens",
-        ),
-        (
-            cfg.algorithm.dynamic_sampling.max_rounds >= 1,
-            "algorithm.dynamic_sampling.max_rounds must be >= 1",
         ),
         (
             not (cfg.algorithm.kl.in_reward and cfg.algorithm.advantage in ("grpo", "dr_grpo")),
@@ -54,18 +54,15 @@ def validate(cfg: RLFTConfig) -> None:
             "tracking.token_stats records per-token sampler and learner statistics of online runs; "
             "algorithm.kind=preference samples nothing: set tracking.token_stats=false",
         ),
-        (cfg.data.global_prompts_per_step >= 1, "data.global_prompts_per_step must be >= 1"),
         (
             cfg.data.on_too_long in ("filter", "error"),
             f"data.on_too_long={cfg.data.on_too_long!r} is not one of ('filter', 'error')",
         ),
-        (0 <= cfg.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),
         (
             cfg.data.eval_fraction == 0 or (cfg.data.eval_split is None and cfg.data.eval_path is None),
             "data.eval_fraction holds out part of the training split: leave data.eval_split and "
             "data.eval_path unset with it (or set data.eval_fraction=0)",
         ),
-        (cfg.data.eval_size >= 0, "data.eval_size must be >= 0 (0 = all rows)"),
         (
             not cfg.data.path.startswith("builtin:")
             or cfg.data.eval_path is not None
@@ -77,16 +74,14 @@ def validate(cfg: RLFTConfig) -> None:
             len(set(cfg.data.columns.values())) == len(cfg.data.columns),
             f"data.columns={dict(cfg.data.columns)} renames one dataset column twice; each once",
         ),
-        (cfg.rollout.num_workers >= 1, "rollout.num_workers must be >= 1"),
-        (cfg.learner.num_workers >= 1, "learner.num_workers must be >= 1"),
         (
             cfg.learner.strategy in ("dp", "fsdp2"),
             f"learner.strategy={cfg.learner.strategy!r} is not one of ('dp', 'fsdp2')",
         ),
         (
             cfg.learner.strategy == "dp"
-            or (cfg.weights.transport == "object_store" and cfg.model.lora.rank == 0),
-            "learner.strategy=fsdp2 works with weights.transport=object_store and without LoRA "
+            or (cfg.weights.transport in ("auto", "object_store") and cfg.model.lora.rank == 0),
+            "learner.strategy=fsdp2 works with weights.transport=object_store (or auto) and without LoRA "
             "(model.lora.rank=0) so far; use learner.strategy=dp for the others",
         ),
         (
@@ -105,40 +100,13 @@ def validate(cfg: RLFTConfig) -> None:
             f"learner.num_workers={cfg.learner.num_workers} needs one process per learner: "
             "use cluster.mode=ray (or learner.num_workers=1)",
         ),
-        (cfg.rollout.sampling.temperature > 0, "rollout.sampling.temperature must be > 0 for RL"),
-        (cfg.rollout.sampling.max_new_tokens >= 1, "rollout.sampling.max_new_tokens must be >= 1"),
         (all(cfg.rollout.sampling.stop), "rollout.sampling.stop: every stop string must be non-empty"),
-        (cfg.rollout.vllm.tensor_parallel_size >= 1, "rollout.vllm.tensor_parallel_size must be >= 1"),
-        (
-            0 < cfg.rollout.vllm.gpu_memory_utilization <= 1,
-            "rollout.vllm.gpu_memory_utilization must be in (0, 1]",
-        ),
-        (cfg.rollout.vllm.max_model_len >= 0, "rollout.vllm.max_model_len must be >= 0 (0 = automatic)"),
-        (cfg.rollout.vllm.cpu_kvcache_space_gib >= 1, "rollout.vllm.cpu_kvcache_space_gib must be >= 1"),
         (
             cfg.rollout.engine != "vllm"
             or cfg.model.lora.rank == 0
             or not {"lm_head", "embed_tokens"} & set(cfg.model.lora.target_modules),
             "rollout.engine=vllm cannot put LoRA adapters on lm_head or embed_tokens: leave them out "
             "of model.lora.target_modules, or use rollout.engine=hf",
-        ),
-        (
-            cfg.learner.per_device_samples_per_micro_batch >= 1,
-            "learner.per_device_samples_per_micro_batch must be >= 1",
-        ),
-        (
-            cfg.learner.global_samples_per_optimizer_step >= 0,
-            "learner.global_samples_per_optimizer_step must be >= 0",
-        ),
-        (cfg.algorithm.epochs_per_step >= 1, "algorithm.epochs_per_step must be >= 1"),
-        (cfg.algorithm.beta >= 0, "algorithm.beta must be >= 0"),
-        (cfg.trainer.max_steps >= 1, "trainer.max_steps must be >= 1"),
-        (cfg.env.max_turns >= 1, "env.max_turns must be >= 1"),
-        (cfg.env.max_episode_tokens >= 2, "env.max_episode_tokens must be >= 2"),
-        (cfg.env.max_new_tokens_per_turn >= 0, "env.max_new_tokens_per_turn must be >= 0 (0 = rollout's)"),
-        (
-            cfg.env.step_timeout_s > 0 and cfg.env.tool_timeout_s > 0,
-            "env.step_timeout_s and env.tool_timeout_s must be > 0",
         ),
         (
             cfg.env.path is None or cfg.eval.every_steps == 0,
@@ -170,7 +138,6 @@ def validate(cfg: RLFTConfig) -> None:
             "agent.max_context_tokens and agent.max_request_bytes must be >= 1",
         ),
         (0 <= cfg.agent.port < 65536, "agent.port must be in 0..65535 (0 = a free port)"),
-        (cfg.weights.bucket_mb > 0, "weights.bucket_mb must be > 0"),
         (
             cfg.model.lora.quantize == "none" or cfg.model.lora.rank > 0,
             "model.lora.quantize=4bit (QLoRA) trains adapters on a quantized base: set model.lora.rank > 0",
@@ -180,15 +147,10 @@ def validate(cfg: RLFTConfig) -> None:
             f"learner.mixed_precision={cfg.learner.mixed_precision} keeps float32 master weights: set "
             f"model.dtype=float32 (or learner.mixed_precision=no to train the {cfg.model.dtype} weights)",
         ),
-        (cfg.learner.max_tokens_per_micro_batch >= 0, "learner.max_tokens_per_micro_batch must be >= 0"),
-        (cfg.learner.logprob_chunk_tokens >= 0, "learner.logprob_chunk_tokens must be >= 0 (0 = no chunks)"),
-        (cfg.learner.warmup_steps >= 0, "learner.warmup_steps must be >= 0"),
-        (0 <= cfg.learner.warmup_ratio < 1, "learner.warmup_ratio must be in [0, 1)"),
         (
             cfg.learner.warmup_steps == 0 or cfg.learner.warmup_ratio == 0,
             "learner.warmup_steps and learner.warmup_ratio are both set: give one of them",
         ),
-        (0 <= cfg.learner.min_lr_ratio <= 1, "learner.min_lr_ratio must be in [0, 1]"),
         (
             cfg.learner.lr_schedule_steps > 0
             or (cfg.learner.lr_scheduler == "constant" and cfg.learner.warmup_ratio == 0),
@@ -208,15 +170,10 @@ def validate(cfg: RLFTConfig) -> None:
             f"reward.weights has {len(cfg.reward.weights)} entries for {len(cfg.reward.functions)} "
             "reward.functions; give one weight per function (or none for 1.0 each)",
         ),
-        (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
-        (cfg.reward.max_concurrency >= 1, "reward.max_concurrency must be >= 1"),
         (
             cfg.reward.executor in ("process", "thread"),
             f"reward.executor={cfg.reward.executor!r} is not one of ('process', 'thread')",
         ),
-        (cfg.reward.model.max_tokens >= 0, "reward.model.max_tokens must be >= 0 (0 = the model's limit)"),
-        (cfg.rollout.prompts_per_chunk >= 0, "rollout.prompts_per_chunk must be >= 0 (0 = automatic)"),
-        (cfg.trainer.max_restarts >= 0, "trainer.max_restarts must be >= 0"),
         (
             cfg.trainer.max_staleness >= 1 or not cfg.trainer.asynchronous,
             "trainer.max_staleness must be >= 1 with trainer.async=true (0 leaves nothing to overlap)",
@@ -231,10 +188,6 @@ def validate(cfg: RLFTConfig) -> None:
             f"cluster.colocate=true pairs rollout worker i with learner i on one device set: set "
             f"rollout.num_workers={cfg.learner.num_workers} (= learner.num_workers)",
         ),
-        (cfg.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0 = no evaluation during training)"),
-        (cfg.eval.k >= 1, "eval.k must be >= 1"),
-        (cfg.eval.sampling.temperature > 0, "eval.sampling.temperature must be > 0"),
-        (cfg.eval.sampling.max_new_tokens >= 1, "eval.sampling.max_new_tokens must be >= 1"),
         (
             cfg.eval.every_steps == 0 or online,
             "eval.every_steps: evaluation during training is for online RL (algorithm.kind=online)",
@@ -254,6 +207,46 @@ def validate(cfg: RLFTConfig) -> None:
         if not ok:
             raise ValueError(message)
     _check_names(cfg)
+
+
+def check_context(cfg: RLFTConfig, context: int | None) -> None:
+    """The longest prompt (``model.max_prompt_tokens``) plus the longest completion fits in the
+    model's ``context`` positions (None: the model's config names no limit); raises ValueError
+    naming both numbers and the fix."""
+    if context is None:
+        return
+    prompt = cfg.model.max_prompt_tokens
+    completions = [("rollout.sampling.max_new_tokens", cfg.rollout.sampling.max_new_tokens)]
+    if cfg.eval.every_steps:
+        completions.append(("eval.sampling.max_new_tokens", cfg.eval.sampling.max_new_tokens))
+    for key, new in completions:
+        if prompt + new > context:
+            fix = (
+                f"lower model.max_prompt_tokens to at most {context - new}"
+                if new < context
+                else f"lower {key} below {context}"
+            )
+            raise ValueError(
+                f"model.max_prompt_tokens={prompt} + {key}={new} = {prompt + new} tokens is more than "
+                f"the {context} positions of model.path={cfg.model.path!r} (max_position_embeddings in "
+                f"its config): {fix}"
+            )
+
+
+def check_ranges(node: Any, prefix: str = "") -> None:
+    """Every field of the config dataclass ``node`` declared with :func:`rlft.config.bounded` (each
+    numeric key) holds a value in its range, entries of a list one each; raises ValueError naming
+    the first key that does not."""
+    for f in fields(node):
+        value, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            check_ranges(value, f"{key}.")
+        elif "range" in f.metadata and value is not None:
+            allowed: Range = f.metadata["range"]
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, bool) or not isinstance(item, int | float) or not allowed.contains(item):
+                    entry = " has an entry" if isinstance(value, list) else ""
+                    raise ValueError(f"{key}={value!r}{entry} out of range: it must be {allowed}")
 
 
 def _paired_preference(cfg: RLFTConfig) -> bool:
@@ -286,6 +279,7 @@ def _check_names(cfg: RLFTConfig) -> None:
     for key, value, options in [
         ("rollout.engine", cfg.rollout.engine, ENGINES),
         ("rollout.hf.decode", cfg.rollout.hf.decode, HF_DECODES),
+        ("rollout.vllm.weight_update", cfg.rollout.vllm.weight_update, VLLM_WEIGHT_UPDATES),
         ("model.dtype", cfg.model.dtype, tuple(DTYPES)),
         ("model.lora.quantize", cfg.model.lora.quantize, QUANTIZATIONS),
         ("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION),

@@ -74,3 +74,30 @@ def token_stats_run(
     shape = ("algorithm.group_size=4", "data.global_prompts_per_step=2", "tracking.samples_per_step=8")
     assert main(quickstart_args(out, *overrides, *shape)) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def async_resume_is_exact(quickstart_args: Callable[..., list[str]]) -> Callable[..., None]:
+    """Check that ``steps`` steps in one go and ``cut`` steps then ``trainer.resume=auto`` to
+    ``steps`` (quickstart with ``overrides``, trainer.async, seed 11, a checkpoint every ``cut``
+    steps; in-process, into ``out``/full and ``out``/cut) log the same rewards, losses, staleness
+    and samples at every step, bit for bit."""
+    import json
+
+    from rlft.cli import main
+    from rlft.tracking import read_metrics
+
+    keys = ("reward/mean", "loss/policy", "kl", "entropy", "async/staleness_max", "policy_version")
+
+    def check(out: Path, steps: int, cut: int, *overrides: str) -> None:
+        common = ("trainer.async=true", "trainer.seed=11", f"trainer.checkpoint_every={cut}", *overrides)
+        for run, max_steps in (("full", steps), ("cut", cut), ("cut", steps)):
+            assert main(quickstart_args(out / run, f"trainer.max_steps={max_steps}", *common)) == 0
+        full, resumed = (read_metrics(out / run / "metrics.jsonl") for run in ("full", "cut"))
+        assert [m["step"] for m in resumed] == list(range(1, steps + 1))
+        for a, b in zip(full, resumed, strict=True):
+            assert {k: a[k] for k in keys} == {k: b[k] for k in keys}, a["step"]
+        samples = [(out / run / "samples.jsonl").read_text().splitlines() for run in ("full", "cut")]
+        assert [json.loads(row) for row in samples[0]] == [json.loads(row) for row in samples[1]]
+
+    return check

@@ -120,6 +120,29 @@ def test_async_staleness_stays_within_the_bound(
     assert state["sampler"]["consumed"] == 2 * 4
 
 
+def test_async_resume_equals_the_uninterrupted_run(
+    quickstart_args: Callable[..., list[str]], async_resume_is_exact: Callable[..., None], tmp_path: Path
+) -> None:
+    """Issue 15, item 8: the checkpoint of step 3 holds the rollouts already generated (by older
+    weights) for the next max_staleness (2) steps, even where step 3 was the run's last; the
+    resumed run trains on them instead of generating them again with the step-3 policy (before
+    the fix step 4's reward/mean differed). hf engine, in-process (deterministic)."""
+    overrides = ("cluster.mode=local", "data.global_prompts_per_step=4")
+    async_resume_is_exact(tmp_path, 6, 3, *overrides, "trainer.max_staleness=2")
+    # Resumed with another max_staleness (1), the rollouts held are dropped: step 4 draws its
+    # prompts again and generates them with the step-3 policy.
+    step_3 = tmp_path / "cut" / "checkpoints" / "step_00000003"
+    other = ("trainer.async=true", "trainer.seed=11", "trainer.max_steps=6", f"trainer.resume={step_3}")
+    assert main(quickstart_args(tmp_path / "cut", *overrides, *other)) == 0
+    metrics = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [m["async/staleness_max"] for m in metrics[3:]] == [0, 1, 1]
+    prompts = [
+        {r["prompt"] for r in _jsonl(tmp_path / run / "samples.jsonl") if r["step"] == 4}
+        for run in ("full", "cut")
+    ]
+    assert prompts[0] == prompts[1]
+
+
 def test_async_and_colocate_are_refused_together(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="colocate"):
         load_config([f"model.path={tiny_model_dir}", "trainer.async=true", "cluster.colocate=true"])

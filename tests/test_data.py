@@ -206,7 +206,7 @@ def test_builtin_eval_rows() -> None:
     ("overrides", "message"),
     [
         ({"on_too_long": "drop"}, "data.on_too_long"),
-        ({"eval_fraction": 1.0}, r"data.eval_fraction must be in \[0, 1\)"),
+        ({"eval_fraction": 1.0}, r"data.eval_fraction=1.0 out of range: it must be >= 0 and < 1"),
         ({"eval_fraction": 0.1, "eval_split": "test"}, "leave data.eval_split"),
         ({"columns": {"prompt": "q", "question": "q"}}, "renames one dataset column twice"),
         ({"path": "builtin:repeat_digit", "eval_fraction": 0.1}, "data.eval_size"),

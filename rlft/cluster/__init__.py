@@ -12,8 +12,10 @@ run can start them afresh after one died (:attr:`Cluster.actor_died`).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rlft.config import ClusterConfig
@@ -82,6 +84,17 @@ class Cluster:
         from ray.exceptions import RayActorError
 
         return (RayActorError,)
+
+    @contextlib.contextmanager
+    def constructor_errors(self, error: type[Exception]) -> Iterator[None]:
+        """In the block, an actor whose constructor raised ends it with ``error`` and a one-line
+        message (:func:`constructor_error`) instead of Ray's error and traceback."""
+        try:
+            yield
+        except self.actor_died as err:
+            if (message := constructor_error(err)) is None:
+                raise
+            raise error(message) from err
 
     def spawn(self, cls: type, *args: Any, num_cpus: float = 1, num_gpus: float = 0, **kwargs: Any) -> Any:
         """Start ``cls(*args, **kwargs)`` as a Ray actor with these resources, or in-process.
@@ -179,3 +192,21 @@ class Cluster:
             index, handle = in_flight.pop(done)
             results[index] = ray.get(done)
             free = [handle]
+
+
+def constructor_error(err: BaseException) -> str | None:
+    """If ``err`` (one of :attr:`Cluster.actor_died`) says an actor died because its constructor
+    raised, a one-line message naming the actor and that error; else None. Such an actor is not
+    restarted: it would raise again (a bad config value, a model that cannot load)."""
+    if not getattr(err, "actor_init_failed", False):
+        return None
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    actor = re.search(r"ray::(\w+)\.__init__", text)
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.lstrip().startswith('File "')]
+    tail = lines[frames[-1] + 1 :] if frames else lines[-1:]
+    error = " ".join(line.strip() for line in tail if line and not line.startswith(" "))
+    return (
+        f"the {actor.group(1) if actor else 'an'} actor could not start, so it is not restarted: "
+        f"{error or text}"
+    )

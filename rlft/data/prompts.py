@@ -19,6 +19,7 @@ the hub dataset, from ``data.eval_path``, from a seeded hold-out of the training
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import re
@@ -170,12 +171,68 @@ def _read_source(path: str, split: str, subset: str | None, key: str) -> list[Ro
             raise FileNotFoundError(f"{key}={path!r}: no such file (relative to {Path.cwd()})")
         if key == "data.path" and split != "train":
             raise ValueError(f"data.split={split!r}: data.path={path!r} is a file; its one split is train")
-        table = datasets.load_dataset(_FILE_FORMATS[Path(path).suffix], data_files=path, split="train")
+        table = _read_file(Path(path), f"{key}={path!r}")
     else:
         table = datasets.load_dataset(path, subset, split=split)
     if len(table) == 0:
         raise ValueError(f"{key}={path!r} has no rows")
     return table.to_list()
+
+
+def _read_file(path: Path, where: str) -> Any:
+    """A local data file as a ``datasets`` table. A file that cannot be read is a ValueError naming
+    it (``where``) and, for text files, the line: empty, not UTF-8, a jsonl line that is not one
+    JSON object, or what the csv/json/parquet reader reports."""
+    import datasets
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"{where}: the file is empty; it needs one row per line (jsonl) or per record")
+    if path.suffix in (".jsonl", ".json", ".csv"):
+        _check_text_lines(path, where, jsonl=path.suffix == ".jsonl")
+    try:
+        return datasets.load_dataset(_FILE_FORMATS[path.suffix], data_files=str(path), split="train")
+    except Exception as err:
+        raise ValueError(f"{where} cannot be read as {path.suffix[1:]}: {_innermost(err)}") from err
+
+
+def _check_text_lines(path: Path, where: str, jsonl: bool) -> None:
+    """Every line is UTF-8 and, for jsonl, blank or one JSON object; raises naming the first line
+    that is not."""
+    rows = 0
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{where}, line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at byte "
+                    f"{err.start + 1} of the line); save the file as UTF-8"
+                ) from None
+            if not jsonl or not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{where}, line {number}, column {err.colno}: not valid JSON ({err.msg}); each line "
+                    "of a .jsonl file is one JSON object"
+                ) from None
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{where}, line {number}: a JSON {type(row).__name__}, not an object; each line of a "
+                    '.jsonl file is one JSON object such as {"prompt": "..."}'
+                )
+            rows += 1
+    if jsonl and rows == 0:
+        raise ValueError(f"{where} has no rows: every line is blank")
+
+
+def _innermost(err: BaseException) -> str:
+    """The deepest cause of ``err`` as ``Type: message`` (the readers wrap the useful error)."""
+    while (cause := err.__cause__ or err.__context__) is not None:
+        err = cause
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}"
 
 
 def prepare_row(cfg: DataConfig, row: Row, source: str) -> Row:

@@ -45,7 +45,14 @@ from rlft.modeling import (
     load_value_model,
     token_values,
 )
-from rlft.weights import BucketExporter, BucketPayload, CollectiveSender, WeightGroupSpec, WeightUpdate
+from rlft.weights import (
+    BucketExporter,
+    BucketPayload,
+    CollectiveSender,
+    WeightGroupSpec,
+    WeightUpdate,
+    gpu_uuid,
+)
 from rlft.weights.buckets import sync_tensors
 from rlft.weights.transport import MiB
 
@@ -507,6 +514,10 @@ class Learner:
             self._build_optimizers()  # over the sharded parameters
 
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
+
+    def weight_sync_device(self) -> str | None:
+        """``weights.transport=auto``: the UUID of this learner's GPU, or None on the CPU."""
+        return gpu_uuid(self.device)
 
     def open_weight_group(self, bucket_bytes: int, world_size: int) -> WeightGroupSpec:
         """Collective transport: plan the buckets and open the group's rendezvous (this learner is

@@ -9,6 +9,9 @@ sample the call scores, and the seconds the call took. Three runners:
   started when one is needed; a worker that dies (segfault, ``os._exit``, the OOM killer) fails
   only its call. Costs: a worker's start-up (imports of the reward modules, not counted in the
   timeout) and pickling each call's arguments.
+  What a function prints (its stdout and stderr, at the file-descriptor level, so subprocesses
+  and C code too) goes to a file of its worker, not to the console: :attr:`ProcessExecutor.output`
+  keeps the byte count and the last :data:`OUTPUT_TAIL_BYTES` of each function's latest call.
 - :class:`ThreadExecutor` (``reward.executor=thread``): daemon threads of this process. No start-up
   or pickling cost and shared memory, but Python cannot kill a thread: a call past the timeout is
   *abandoned* (its samples get the failure reward) and keeps running, holding CPU and memory, until
@@ -22,6 +25,7 @@ sample the call scores, and the seconds the call took. Three runners:
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import multiprocessing
@@ -30,10 +34,13 @@ import os
 import pickle
 import queue
 import signal
+import sys
+import tempfile
 import threading
 import time
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from rlft.rewards.loader import Failure, RewardFunction, load_reward_function
@@ -48,6 +55,18 @@ Result = tuple[Values, float]
 
 WORKER_START_TIMEOUT_S = 300.0
 """How long a new worker process may take to import its reward functions and report ready."""
+
+OUTPUT_TAIL_BYTES = 2048
+"""How much of the end of a call's captured stdout/stderr is kept (process executor)."""
+
+
+@dataclass
+class Output:
+    """What a function's latest call in a worker process printed."""
+
+    num_bytes: int = 0
+    tail: str = ""
+    """The last :data:`OUTPUT_TAIL_BYTES` of it, decoded."""
 
 
 def _timed_out(fn: RewardFunction, kwargs: dict[str, Any], timeout_s: float) -> Result:
@@ -68,6 +87,8 @@ class ThreadExecutor:
         self.functions, self.max_concurrency, self.timeout_s = functions, max_concurrency, timeout_s
         self.abandoned = 0
         """Calls that timed out; their threads may still be running."""
+        self.output: dict[int, Output] = {}
+        """Always empty: threads print to the trainer's own stdout and stderr."""
 
     def run(self, jobs: list[Job]) -> list[Result]:
         """Run ``jobs``, at most ``max_concurrency`` at a time; results in the order of ``jobs``."""
@@ -140,6 +161,8 @@ class ProcessExecutor:
         self._idle: list[_Worker] = []
         self.killed = 0
         """Worker processes killed because a call timed out."""
+        self.output: dict[int, Output] = {}
+        """Per function index: what its latest call that printed anything printed."""
         self._finalizer = weakref.finalize(self, _kill_all, self._idle)
 
     def run(self, jobs: list[Job]) -> list[Result]:
@@ -147,6 +170,16 @@ class ProcessExecutor:
         results: list[Result | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
         busy: dict[_Worker, tuple[int, float]] = {}
+        try:
+            self._run(jobs, results, pending, busy)
+        except BaseException:  # e.g. Ctrl-C: calls still running are killed, not left behind
+            for worker in busy:
+                worker.kill()
+            raise
+        return results
+
+    def _run(self, jobs: list[Job], results: list[Result | None], pending: deque[int], busy: dict) -> None:
+        """Hand out ``pending`` jobs to idle (or new) workers and collect them into ``results``."""
         while pending or busy:
             self._start_workers(min(len(pending), self.max_concurrency - len(busy)) - len(self._idle))
             if pending and not self._idle and not busy:
@@ -160,7 +193,6 @@ class ProcessExecutor:
                 self._send(self._idle.pop(), j, jobs, busy, results)
             if busy:
                 self._collect(busy, jobs, results)
-        return results
 
     def _send(
         self, worker: _Worker, j: int, jobs: list[Job], busy: dict, results: list[Result | None]
@@ -191,7 +223,10 @@ class ProcessExecutor:
             worker = by_conn[conn]
             j, _ = busy.pop(worker)
             try:
-                results[j] = conn.recv()
+                values, seconds, output = conn.recv()
+                results[j] = values, seconds
+                if output.num_bytes:
+                    self.output[jobs[j][0]] = output
                 self._idle.append(worker)
             except (EOFError, OSError):
                 worker.kill()
@@ -259,6 +294,7 @@ def _serve(conn: Any, sources: list[tuple[str, dict[str, Any]]], parent_pid: int
         except Exception as error:
             functions.append(Failure.raised(error))
     conn.send("ready")
+    captured = _capture_output()  # after loading: what fails to start still shows on stderr
     while True:
         try:
             index, kwargs = conn.recv()
@@ -267,9 +303,33 @@ def _serve(conn: Any, sources: list[tuple[str, dict[str, Any]]], parent_pid: int
         fn = functions[index]
         if isinstance(fn, Failure):
             n = len(kwargs["prompts"]) if "prompts" in kwargs else 1
-            conn.send(([Failure("raised", f"could not be loaded in the worker: {fn.message}")] * n, 0.0))
+            result = [Failure("raised", f"could not be loaded in the worker: {fn.message}")] * n, 0.0
         else:
-            conn.send(_timed_run(fn, kwargs))
+            result = _timed_run(fn, kwargs)
+        conn.send((*result, _take_output(captured)))
+
+
+def _capture_output() -> int:
+    """Point this process's stdout and stderr (file descriptors 1 and 2) at an unnamed file in
+    append mode; returns its descriptor."""
+    fd, path = tempfile.mkstemp(prefix="rlft-reward-output-")
+    os.unlink(path)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    return fd
+
+
+def _take_output(fd: int) -> Output:
+    """What was printed since the last call (its size and tail); the file is emptied."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, OUTPUT_TAIL_BYTES, max(0, size - OUTPUT_TAIL_BYTES))
+    os.ftruncate(fd, 0)  # appends start again at 0
+    return Output(size, tail.decode(errors="replace"))
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -13,7 +13,15 @@ from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
-from rlft.rewards.executors import AsyncJobs, Job, ProcessExecutor, ThreadExecutor
+from rlft.errors import RunFailed
+from rlft.rewards.executors import (
+    OUTPUT_TAIL_BYTES,
+    AsyncJobs,
+    Job,
+    Output,
+    ProcessExecutor,
+    ThreadExecutor,
+)
 from rlft.rewards.loader import Failure, RewardFunction, load_reward_function
 
 if TYPE_CHECKING:
@@ -51,11 +59,14 @@ class RewardManager:
         max_concurrency: int = 8,
         executor: str = "process",
         ignore_unknown_params: bool = False,
+        max_failed_steps: int = 0,
     ) -> None:
         """Load every function now, so a bad spec fails at start; no (or empty) weights = 1.0 each.
 
         ``params`` maps a function's (unique) name to constant keyword arguments for it; a name that
         is not one of the functions is an error unless ``ignore_unknown_params``.
+        ``max_failed_steps`` > 0: :meth:`score` raises :class:`~rlft.errors.RunFailed` once a
+        function has failed on every sample of that many calls of it in a row.
         """
         if not specs:
             raise ValueError("no reward functions: set reward.functions=[path/to/file.py:function, ...]")
@@ -76,6 +87,9 @@ class RewardManager:
         self.executor = EXECUTORS[executor](self.functions, max_concurrency, timeout_s)
         self._logged: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self.max_failed_steps = max_failed_steps
+        self._failed_in_a_row = [0] * len(self.functions)
+        self._output_logged: set[str] = set()
 
     @classmethod
     def from_config(
@@ -97,6 +111,7 @@ class RewardManager:
             max_concurrency=cfg.max_concurrency,
             executor=cfg.executor,
             ignore_unknown_params=functions is not None,
+            max_failed_steps=cfg.max_failed_steps,
         )
 
     def close(self) -> None:
@@ -141,8 +156,9 @@ class RewardManager:
 
         Metrics per function: ``reward/<fn>/mean`` (over samples with a value, failures counted at
         ``failure_reward``), ``/none_frac``, ``/errors`` (raised, bad output, worker died),
-        ``/timeouts``, and ``timing/reward/<fn>_s`` (its calls' summed duration: they overlap);
-        in total ``reward/errors`` and ``reward/timeouts``.
+        ``/timeouts``, ``/output_bytes`` (what it printed, captured by the process executor; the
+        first time, its tail is logged) and ``timing/reward/<fn>_s`` (its calls' summed duration:
+        they overlap); in total ``reward/errors`` and ``reward/timeouts``.
         """
         with self._lock:
             results = self._run_all(prompts, completions, columns)
@@ -151,7 +167,9 @@ class RewardManager:
         has_opinion = [False] * n
         metrics: dict[str, float] = {"reward/errors": 0, "reward/timeouts": 0}
         per_function: dict[str, list[float | None]] = {}
-        for fn, weight, (outputs, seconds) in zip(self.functions, self.weights, results, strict=True):
+        for index, (fn, weight, (outputs, seconds)) in enumerate(
+            zip(self.functions, self.weights, results, strict=True)
+        ):
             metrics[f"timing/reward/{fn.name}_s"] = seconds
             values = per_function[fn.name] = [self._value(fn, output) for output in outputs]
             for i, value in enumerate(values):
@@ -161,6 +179,10 @@ class RewardManager:
             numeric = [value for value in values if value is not None]
             timeouts = sum(isinstance(out, Failure) and out.kind == "timeout" for out in outputs)
             errors = sum(isinstance(out, Failure) for out in outputs) - timeouts
+            self._count_failures(index, n, outputs)
+            if (printed := self.executor.output.pop(index, None)) is not None:
+                metrics[f"reward/{fn.name}/output_bytes"] = printed.num_bytes
+                self._log_output(fn, printed)
             metrics["reward/errors"] += errors
             metrics["reward/timeouts"] += timeouts
             metrics[f"reward/{fn.name}/errors"] = errors
@@ -193,6 +215,39 @@ class RewardManager:
             values, seconds = next(async_results if a else sync_results)
             per_function[i] = (per_function[i][0] + values, per_function[i][1] + seconds)
         return per_function
+
+    def _count_failures(self, index: int, n: int, outputs: list[float | Failure | None]) -> None:
+        """Count calls in a row where function ``index`` failed on all ``n`` samples; past
+        ``max_failed_steps`` of them, stop the run naming it and its last error."""
+        failures = [out for out in outputs if isinstance(out, Failure)]
+        self._failed_in_a_row[index] = self._failed_in_a_row[index] + 1 if n and len(failures) == n else 0
+        if self.max_failed_steps and self._failed_in_a_row[index] >= self.max_failed_steps:
+            fn, last = self.functions[index], failures[-1]
+            printed = self.executor.output.get(index)
+            raise RunFailed(
+                f"reward function {fn.name!r} ({fn.spec}) failed on every sample of "
+                f"{self._failed_in_a_row[index]} steps in a row (reward.max_failed_steps="
+                f"{self.max_failed_steps}); its last error: {last.message}"
+                + (f"\n{last.trace.rstrip()}" if last.trace else "")
+                + (f"\nits last output:\n{printed.tail.rstrip()}" if printed else "")
+                + "\nFix the function, or set reward.max_failed_steps=0 to keep training with its "
+                "failure_reward"
+            )
+
+    def _log_output(self, fn: RewardFunction, printed: Output) -> None:
+        """Log, the first time, that ``fn`` printed (captured, not shown) and the tail of it."""
+        if fn.name in self._output_logged:
+            return
+        self._output_logged.add(fn.name)
+        logger.warning(
+            "reward function %r (%s) printed %d bytes in one call; its output is captured, not shown "
+            "(metric reward/%s/output_bytes). Logged once; the end of it:\n%s",
+            fn.name,
+            fn.spec,
+            printed.num_bytes,
+            fn.name,
+            printed.tail[-OUTPUT_TAIL_BYTES // 2 :].rstrip(),
+        )
 
     def _value(self, fn: RewardFunction, result: float | Failure | None) -> float | None:
         """The sample's value from ``fn``: its result, or ``failure_reward`` (logged once) if it failed."""

@@ -47,7 +47,13 @@ class Engine(Protocol):
         ...
 
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Copy these (name, tensor) pairs into the model's parameters in place; returns bytes."""
+        """Copy these (name, tensor) pairs into the model's parameters in place; returns bytes.
+        Consecutive calls form one weight update, until :meth:`finish_update` (or a generate)."""
+        ...
+
+    def finish_update(self) -> None:
+        """Close the weight update that :meth:`load_named_tensors` calls began: the next call
+        starts a new one. The receiver calls it once a whole set of weights has arrived."""
         ...
 
     def get_weights(self) -> dict[str, torch.Tensor]:

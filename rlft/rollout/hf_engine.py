@@ -163,6 +163,9 @@ class HFEngine:
         bytes copied. Tied weights need one name only."""
         return copy_into(self._state_by_name, tensors)
 
+    def finish_update(self) -> None:
+        """Nothing to close: the model computes with the tensors as they were copied in."""
+
     @functools.cached_property
     def _state_by_name(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict(keep_vars=True)

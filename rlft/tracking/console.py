@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 from statistics import fmean
 from typing import Any
@@ -90,12 +91,15 @@ class ConsoleTracker:
         start_step: int = 0,
         print_every: int = 10,
         console: Console | None = None,
+        history: Sequence[tuple[int, float]] = (),
     ) -> None:
+        """``history``: (step, reward/mean) of the steps a resumed run logged before ``start_step``,
+        so that the summary covers the whole run."""
         self.console = console or Console()
         self.total_steps = total_steps
         self.print_every = print_every if self.console.is_terminal else 1
-        self._rewards: list[float] = []
-        self._reward_steps: list[int] = []
+        self._rewards = [reward for _, reward in history]
+        self._reward_steps = [step for step, _ in history]
         self._last: tuple[int, dict[str, float]] | None = None
         # Averaging speed over an hour gives an ETA even when one step takes minutes.
         self._progress = Progress(
@@ -111,7 +115,12 @@ class ConsoleTracker:
         self._progress.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        """Advance the bar to ``step``; print the compact line if it is due."""
+        """Advance the bar to ``step``; print the compact line if it is due. A step logged again
+        (a run restarted from an older checkpoint redoes the steps after it) replaces the earlier
+        values of that step and the later ones."""
+        while self._reward_steps and self._reward_steps[-1] >= step:
+            self._reward_steps.pop()
+            self._rewards.pop()
         if "reward/mean" in metrics:
             self._rewards.append(metrics["reward/mean"])
             self._reward_steps.append(step)

@@ -51,8 +51,9 @@ def agent_round(
     metrics = agent_metrics([run for group in groups for run in group])
     completions = [episode_completion(e) for e in episodes]
     return Rollout(
-        g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state, episodes, sample_groups
-    )
+        g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state,
+        episodes=episodes, sample_groups=sample_groups,
+    )  # fmt: skip
 
 
 def agent_metrics(runs: list[AgentEpisode]) -> dict[str, float]:

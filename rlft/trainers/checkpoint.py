@@ -20,10 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from rlft.config import RLFTConfig, TrainerConfig
-from rlft.trainers.run_status import mark_running
+from rlft.config import TrainerConfig
 
 CKPT_PREFIX = "step_"
 _TMP, _OLD, _DEL = ".tmp-", ".old-", ".del-"
@@ -36,16 +33,6 @@ process there."""
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
-
-
-def create_run_dir(cfg: RLFTConfig) -> Path:
-    """``trainer.output_dir``, created if needed, with the resolved config in its config.yaml and
-    this process in its status.json (:mod:`rlft.trainers.run_status`)."""
-    run_dir = Path(cfg.trainer.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    mark_running(run_dir)
-    return run_dir
 
 
 def _complete(root: Path) -> list[Path]:
@@ -142,18 +129,20 @@ def _pause_for_test(step: int, point: str) -> None:
         time.sleep(3600)
 
 
-def save_if_due(cfg: TrainerConfig, run_dir: Path, step: int, learner: Any, sampler: Any) -> None:
-    """Checkpoint the learner and the data position every ``trainer.checkpoint_every`` steps and
-    after the last step."""
+def save_if_due(
+    cfg: TrainerConfig, run_dir: Path, step: int, learner: Any, sampler: Any, pipeline: Any = None
+) -> None:
+    """Checkpoint the learner, the data position and the rollouts in flight (``pipeline.save``,
+    trainer.async) every ``trainer.checkpoint_every`` steps and after the last step."""
     every = cfg.checkpoint_every
     if step == cfg.max_steps or (every and step % every == 0):
-        save_checkpoint(
-            run_dir,
-            step,
-            {"sampler": sampler.state_dict()},
-            lambda d: learner.save_checkpoint(str(d)),
-            keep=cfg.keep_checkpoints,
-        )
+
+        def write(directory: Path) -> None:
+            learner.save_checkpoint(str(directory))
+            if pipeline is not None:
+                pipeline.save(directory)
+
+        save_checkpoint(run_dir, step, {"sampler": sampler.state_dict()}, write, keep=cfg.keep_checkpoints)
 
 
 def checkpoint_to_resume(resume: str, run_dir: Path) -> Path | None:

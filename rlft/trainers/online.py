@@ -16,22 +16,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlft.cluster import Cluster
+from rlft.cluster import Cluster, constructor_error
 from rlft.config import RLFTConfig
 from rlft.data.prompts import PromptSampler
+from rlft.errors import SetupError
 from rlft.evaluation import Evaluator
 from rlft.learner.group import LearnerGroup
 from rlft.learner.learner import Learner
-from rlft.modeling import load_tokenizer
+from rlft.modeling import check_model_source, context_length, load_tokenizer
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
 from rlft.rollout.agents import agent_spec, load_agent
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
 from rlft.shipped import SHIPPED_ROOT
-from rlft.tracking import make_trackers
+from rlft.tracking import Trackers, make_trackers
 from rlft.trainers import checkpoint
 from rlft.trainers.rollout import RolloutContext, RolloutPipeline, SamplerState, collect
-from rlft.weights import make_transport
+from rlft.trainers.run_dir import CompletedSteps, RunDirectory
+from rlft.validation import check_context
+from rlft.weights import make_transport, resolve_transport
 
 PROJECT_ROOT = SHIPPED_ROOT
 """Relative paths like ``rewards/synthetic.py:fn`` resolve against the current directory, then here
@@ -39,39 +42,50 @@ PROJECT_ROOT = SHIPPED_ROOT
 
 log = logging.getLogger("rlft.trainer")
 
+__all__ = ["SetupError", "train"]  # SetupError lives in rlft.errors; importable from here as before
+
 
 def train(cfg: RLFTConfig) -> Path:
     """Run ``cfg.trainer.max_steps`` RL steps; returns the run directory.
 
     If an actor dies (``trainer.max_restarts`` times at most), every actor is killed and started
-    afresh, and the run continues from its newest checkpoint (or from the start)."""
-    run_dir = Path(cfg.trainer.output_dir)
-    inputs = _prepare(cfg, run_dir)
-    checkpoint.create_run_dir(cfg)  # only once the input is known to be good
-
-    resume_from, fresh_sampler = inputs.resume_from, inputs.sampler.state_dict()
-    with Cluster(cfg.cluster) as cluster, inputs.rewards or nullcontext():  # ends reward workers
+    afresh, and the run continues from its newest checkpoint (or from the start). An actor whose
+    constructor raised is not restarted: it would raise again."""
+    inputs = _prepare(cfg)
+    # The run directory is locked and written only once the input is known to be good.
+    with RunDirectory(cfg) as run, Cluster(cfg.cluster) as cluster, inputs.rewards or nullcontext():
         if (total := cluster.total_resources()) is not None:
             check_resources(resource_demand(cfg), total)
+        resume_from, fresh_sampler = run.resume_from, inputs.sampler.state_dict()
+        trackers = make_trackers(cfg.tracking, run.path, cfg.trainer.max_steps, run.start_step, asdict(cfg))
         restart_max = cfg.trainer.max_restarts
-        for restart in range(restart_max + 1):
-            try:
-                run_steps(cfg, cluster, run_dir, inputs, resume_from)
-                break
-            except cluster.actor_died as err:
-                if restart == restart_max:
-                    raise
-                log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
-                cluster.kill_all()
-                resume_from = checkpoint.latest_checkpoint(run_dir) or inputs.resume_from
-                inputs.sampler.load_state_dict(fresh_sampler)  # the checkpoint (if any) restores it
-    return run_dir
+        with trackers:
+            for restart in range(restart_max + 1):
+                try:
+                    run_steps(cfg, cluster, run.path, inputs, resume_from, trackers)
+                    break
+                except cluster.actor_died as err:
+                    if (message := constructor_error(err)) is not None:  # it would fail again
+                        raise SetupError(message) from err
+                    if restart == restart_max:
+                        raise
+                    log.warning("an actor died (%s): restart %d of at most %d", err, restart + 1, restart_max)
+                    cluster.kill_all()
+                    resume_from = checkpoint.latest_checkpoint(run.path) or run.resume_from
+                    inputs.sampler.load_state_dict(fresh_sampler)  # the checkpoint (if any) restores it
+    return run.path
 
 
 def run_steps(
-    cfg: RLFTConfig, cluster: Cluster, run_dir: Path, inputs: _Inputs, resume_from: Path | None
+    cfg: RLFTConfig,
+    cluster: Cluster,
+    run_dir: Path,
+    inputs: _Inputs,
+    resume_from: Path | None,
+    trackers: Trackers,
 ) -> None:
-    """Start the actors, restore ``resume_from`` (if any), then run the remaining steps."""
+    """Start the actors, restore ``resume_from`` (if any), then run the remaining steps. Ctrl-C
+    ends it with :class:`Interrupted`, after checkpointing the last step if it is complete."""
     learner, workers = start_workers(cluster, cfg)
     rollouts = RolloutContext(
         cfg,
@@ -82,15 +96,21 @@ def run_steps(
         inputs.tokenizer,
         _start_reward_model(cluster, cfg),
     )
-    transport = make_transport(cfg.weights.transport, cfg.weights.bucket_mb, local=cluster.local)
+    transport_name = resolve_transport(
+        cfg.weights.transport, cluster, learner, workers, sharded=cfg.learner.strategy == "fsdp2"
+    )
+    log.info("weight sync: %s (weights.transport=%s)", transport_name, cfg.weights.transport)
+    transport = make_transport(transport_name, cfg.weights.bucket_mb, local=cluster.local)
     start_step = checkpoint.resume(run_dir, resume_from, learner, inputs.sampler)
     transport.sync(cluster, learner, workers)
     # trainer.async: the next max_staleness steps' rollouts are collected while the learner trains.
     depth = cfg.trainer.max_staleness if cfg.trainer.asynchronous else 0
     pipeline = RolloutPipeline(lambda step: collect(rollouts, step), depth, threaded=not cluster.local)
+    if resume_from is not None:  # the rollouts it holds for later steps, with trainer.async
+        pipeline.restore(resume_from, inputs.sampler)
 
-    trackers = make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg))
-    with trackers, closing(pipeline):
+    done = CompletedSteps(start_step)
+    with done.checkpoint_on_interrupt(cfg.trainer, run_dir), closing(pipeline):
         for step in range(start_step + 1, cfg.trainer.max_steps + 1):
             step_start = time.perf_counter()
 
@@ -99,7 +119,7 @@ def run_steps(
             # draws more prompts until B groups carry a learning signal. With trainer.async this
             # rollout was started up to max_staleness steps ago, while earlier updates ran; the
             # pipeline's order makes its samples at most that many policy versions old.
-            rollout, wait_s = pipeline.next(step, cfg.trainer.max_steps)
+            rollout, wait_s = pipeline.next(step)
             staleness = rollout.staleness(learner_version=step - 1)
             if staleness.max() > depth:  # cannot happen unless the pipeline's invariant broke
                 raise RuntimeError(f"step {step}: samples {staleness.max():.0f} versions old, over {depth}")
@@ -110,8 +130,9 @@ def run_steps(
             _on_workers(cluster, workers, "sleep", cfg.cluster.colocate)
             logged = min(cfg.tracking.samples_per_step, len(rollout.completions))
             token_stats = None
-            if cfg.tracking.token_stats and logged:  # before the update: the policy that is trained
+            if cfg.tracking.token_stats and logged and rollout.episodes is None:  # before the update
                 token_stats = cluster.get(learner.token_stats.remote(rollout.samples(), list(range(logged))))
+            done.updating()  # from here until the step is logged and saved, no checkpoint on Ctrl-C
             learner_metrics = learner.train_step(rollout.samples())
             _on_workers(cluster, workers, "wake_up", cfg.cluster.colocate)
 
@@ -138,18 +159,17 @@ def run_steps(
             trackers.log(metrics, step)
             trackers.log_samples(rollout.sample_rows(logged, token_stats, inputs.tokenizer), step)
 
-            # The sampler's position as of this step's prompts (async rollouts may be drawing more).
-            checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, SamplerState(rollout.sampler_state))
+            # The sampler's position as of this step's prompts; the async rollouts drawn beyond it
+            # are saved with their own position (pipeline.save).
+            save_args = (run_dir, step, learner, SamplerState(rollout.sampler_state), pipeline)
+            checkpoint.save_if_due(cfg.trainer, *save_args)
+            done.completed(step, save_args)  # what a Ctrl-C before the next update checkpoints
 
 
 def _on_workers(cluster: Cluster, workers: list[Any], method: str, enabled: bool) -> None:
     """Call ``method`` on every rollout worker and wait, if ``enabled``."""
     if enabled:
         cluster.get([getattr(w, method).remote() for w in workers])
-
-
-class SetupError(RuntimeError):
-    """Bad input found before any worker started: a path, a column, a reward function."""
 
 
 @dataclass
@@ -160,12 +180,12 @@ class _Inputs:
     rewards: RewardManager | None
     tokenizer: Any
     evaluator: Evaluator | None
-    resume_from: Path | None
 
 
-def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
+def _prepare(cfg: RLFTConfig) -> _Inputs:
     """Everything that can fail on bad input, checked before any actor starts."""
     try:
+        check_model(cfg)
         tokenizer = load_tokenizer(cfg.model)
         sampler = PromptSampler(cfg.data, cfg.trainer.seed, tokenizer, cfg.model.max_prompt_tokens)
         rewards = None
@@ -182,10 +202,24 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> _Inputs:
                 cfg.env, tokenizer, [PROJECT_ROOT], cfg.data.prompt_column, cfg.data.system_prompt
             ).check()
         evaluator = Evaluator(cfg, tokenizer, [PROJECT_ROOT]) if cfg.eval.every_steps else None
-        resume_from = checkpoint.checkpoint_to_resume(cfg.trainer.resume, run_dir)
-        return _Inputs(sampler, rewards, tokenizer, evaluator, resume_from)
+        return _Inputs(sampler, rewards, tokenizer, evaluator)
     except (OSError, ValueError, TypeError, ImportError, AttributeError) as err:
         raise SetupError(str(err)) from err
+
+
+def check_model(cfg: RLFTConfig) -> None:
+    """The model, tokenizer, critic and reward-model paths exist (or are hub ids that can be
+    loaded), and the model's context holds the longest prompt plus the longest completion."""
+    sources = {
+        "model.path": cfg.model.path,
+        "model.tokenizer_path": cfg.model.tokenizer_path,
+        "model.critic_path": cfg.model.critic_path,
+        "reward.model.path": cfg.reward.model.path,
+    }
+    for key, path in sources.items():
+        if path is not None:
+            check_model_source(path, key)
+    check_context(cfg, context_length(cfg.model))
 
 
 def start_workers(cluster: Cluster, cfg: RLFTConfig) -> tuple[LearnerGroup, list[Any]]:

@@ -24,44 +24,51 @@ from rlft.data.preference import (
     UnpairedExample,
     load_preference_data,
 )
+from rlft.errors import SetupError
 from rlft.learner.group import LearnerGroup
 from rlft.learner.preference import Logps, PreferenceLearner
 from rlft.modeling import load_tokenizer
 from rlft.tracking import make_trackers
 from rlft.trainers import checkpoint
-from rlft.trainers.online import SetupError, check_resources, resource_demand
+from rlft.trainers.online import check_model, check_resources, resource_demand
+from rlft.trainers.rollout import SamplerState
+from rlft.trainers.run_dir import CompletedSteps, RunDirectory
 
 
 def train(cfg: RLFTConfig) -> Path:
     """Run ``cfg.trainer.max_steps`` preference steps; returns the run directory."""
-    run_dir = Path(cfg.trainer.output_dir)
-    data, tokenizer, resume_from = _prepare(cfg, run_dir)
-    checkpoint.create_run_dir(cfg)  # only once the input is known to be good
+    data, tokenizer = _prepare(cfg)
     sampler = ExampleSampler(len(data.examples), cfg.trainer.seed)
     ref_cache: dict[int, tuple[float, ...]] | None = (
         None if cfg.algorithm.preference_loss in REFERENCE_FREE_PREFERENCE_LOSSES else {}
     )
 
-    with Cluster(cfg.cluster) as cluster:
+    # The run directory is locked and written only once the input is known to be good.
+    with RunDirectory(cfg) as run, Cluster(cfg.cluster) as cluster:
+        run_dir = run.path
         if (total := cluster.total_resources()) is not None:
             check_resources(resource_demand(cfg), total)
         lc = cfg.learner
-        learner = LearnerGroup(
-            cluster,
-            PreferenceLearner,
-            cfg.model,
-            lc,
-            cfg.algorithm,
-            cfg.trainer.seed,
-            cluster.threads(lc.num_cpus_per_worker),
-            num_workers=lc.num_workers,
-            num_cpus=lc.num_cpus_per_worker,
-            num_gpus=lc.num_gpus_per_worker,
-            sharded=lc.strategy == "fsdp2",
-        )
-        start_step = checkpoint.resume(run_dir, resume_from, learner, sampler)
+        with cluster.constructor_errors(SetupError):  # the first calls show a constructor's error
+            learner = LearnerGroup(
+                cluster,
+                PreferenceLearner,
+                cfg.model,
+                lc,
+                cfg.algorithm,
+                cfg.trainer.seed,
+                cluster.threads(lc.num_cpus_per_worker),
+                num_workers=lc.num_workers,
+                num_cpus=lc.num_cpus_per_worker,
+                num_gpus=lc.num_gpus_per_worker,
+                sharded=lc.strategy == "fsdp2",
+            )
+            start_step = checkpoint.resume(run_dir, run.resume_from, learner, sampler)
 
-        with make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg)) as trackers:
+        done = CompletedSteps(start_step)
+        trackers = make_trackers(cfg.tracking, run_dir, cfg.trainer.max_steps, start_step, asdict(cfg))
+        interrupt = done.checkpoint_on_interrupt(cfg.trainer, run_dir)
+        with trackers, cluster.constructor_errors(SetupError), interrupt:
             for step in range(start_step + 1, cfg.trainer.max_steps + 1):
                 step_start = time.perf_counter()
 
@@ -73,6 +80,7 @@ def train(cfg: RLFTConfig) -> Path:
                 ref = _reference_logps(cluster, learner, data, indices, ref_cache)
 
                 # 3. One optimizer step on the learner.
+                done.updating()  # from here until the step is logged and saved, no checkpoint on Ctrl-C
                 learner_metrics, rewards = learner.preference_step(batch, ref)
 
                 metrics = {
@@ -83,13 +91,16 @@ def train(cfg: RLFTConfig) -> Path:
                 trackers.log(metrics, step)
                 n = cfg.tracking.samples_per_step
                 trackers.log_samples(_sample_rows(tokenizer, batch[:n], rewards[:n]), step)
-                checkpoint.save_if_due(cfg.trainer, run_dir, step, learner, sampler)
+                save_args = (run_dir, step, learner, SamplerState(sampler.state_dict()))
+                checkpoint.save_if_due(cfg.trainer, *save_args)
+                done.completed(step, save_args)  # what a Ctrl-C before the next update checkpoints
     return run_dir
 
 
-def _prepare(cfg: RLFTConfig, run_dir: Path) -> tuple[PreferenceDataset, Any, Path | None]:
+def _prepare(cfg: RLFTConfig) -> tuple[PreferenceDataset, Any]:
     """Everything that can fail on bad input, checked before any actor starts."""
     try:
+        check_model(cfg)
         tokenizer = load_tokenizer(cfg.model)
         data = load_preference_data(
             cfg.data,
@@ -98,7 +109,7 @@ def _prepare(cfg: RLFTConfig, run_dir: Path) -> tuple[PreferenceDataset, Any, Pa
             max_prompt_tokens=cfg.model.max_prompt_tokens,
             max_completion_tokens=cfg.rollout.sampling.max_new_tokens,
         )
-        return data, tokenizer, checkpoint.checkpoint_to_resume(cfg.trainer.resume, run_dir)
+        return data, tokenizer
     except (OSError, ValueError) as err:
         raise SetupError(str(err)) from err
 

@@ -10,11 +10,13 @@ generated them, and they come back in prompt order.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +31,11 @@ from rlft.rollout.agents import agent_spec
 from rlft.rollout.engine import Completion
 from rlft.rollout.episode import Episode
 from rlft.rollout.worker import EpisodeSettings
+
+log = logging.getLogger("rlft.trainer")
+
+IN_FLIGHT_FILE = "rollouts_in_flight.pt"
+"""In an async run's checkpoint: the rollouts already generated for the steps after it."""
 
 
 @dataclass
@@ -60,14 +67,14 @@ class Rollout:
     sampler_state: dict[str, Any] = field(default_factory=dict)
     """The prompt sampler's state right after this rollout drew its prompts: what a checkpoint of
     the step that trains on it stores (later rollouts may already be drawing, with trainer.async)."""
+    reward_columns: dict[str, list[float | None]] = field(default_factory=dict)
+    """Each reward function's value per sample (by its metric name), for samples.jsonl."""
     episodes: list[Episode] | None = None
     """Multi-turn rollouts (``env.path``): the episode behind each of ``completions`` (whose
     ``token_ids`` are then the episode's completion ids and ``text`` its last assistant message)."""
     sample_groups: list[int] | None = None
     """Per sample, its group (prompt index) where groups differ in size (agents: one episode can
     make several trajectories, a failed one none); None = group-major, G samples per prompt."""
-    reward_columns: dict[str, list[float | None]] = field(default_factory=dict)
-    """Each reward function's value per sample (by its metric name), for samples.jsonl."""
 
     def group_of(self) -> list[int]:
         """Each sample's group: the index of its prompt."""
@@ -90,11 +97,9 @@ class Rollout:
             self.reward_metrics,
             self.timings,
             self.sampler_state,
+            {name: [values[i] for i in samples] for name, values in self.reward_columns.items()},
             None if self.episodes is None else [self.episodes[i] for i in samples],
             None if self.sample_groups is None else [renumber[owner[i]] for i in samples],
-            reward_columns={
-                name: [values[i] for i in samples] for name, values in self.reward_columns.items()
-            },
         )
 
     def extend(self, other: Rollout) -> Rollout:
@@ -111,11 +116,9 @@ class Rollout:
             other.reward_metrics,
             timings,
             other.sampler_state,
+            {name: v + other.reward_columns.get(name, []) for name, v in self.reward_columns.items()},
             None if self.episodes is None else self.episodes + other.episodes,
             self.group_of() + [len(self.prompts) + j for j in other.group_of()] if uneven else None,
-            reward_columns={
-                name: v + other.reward_columns.get(name, []) for name, v in self.reward_columns.items()
-            },
         )
 
     def samples(self) -> list[Sample]:
@@ -168,20 +171,10 @@ class Rollout:
 
         With ``token_stats`` (the learner's :meth:`~rlft.learner.learner.Learner.token_stats` of
         these samples) each row also holds its completion ``tokens`` (each decoded alone with
-        ``tokenizer``) and, per token, the sampler's log-probability beside the learner's values."""
+        ``tokenizer``) and, per token, the sampler's log-probability beside the learner's values.
+        Episodes (``env.path``) are rows of their messages instead, without token statistics."""
         if self.episodes is not None:
-            return [
-                {
-                    "messages": e.messages,
-                    "reward": r,
-                    "turn_rewards": [None if r != r else r for r in e.turn_rewards],  # NaN: none
-                    "num_turns": e.num_turns,
-                    "finish_reason": e.finish_reason,
-                    "error": e.error,
-                    "policy_version": e.policy_version,
-                }
-                for e, r in zip(self.episodes[:n], self.rewards[:n].tolist(), strict=True)
-            ]
+            return self._episode_rows(n)
         rows = []
         for i, (c, r) in enumerate(zip(self.completions[:n], self.rewards[:n].tolist(), strict=True)):
             row = {
@@ -199,6 +192,24 @@ class Rollout:
                 row["token_stats"] = {"sampler_logprob": _rounded(c.logprobs), **token_stats[i]}
             rows.append(row)
         return rows
+
+    def _episode_rows(self, n: int) -> list[dict[str, Any]]:
+        groups = self.group_of()
+        return [
+            {
+                "messages": e.messages,
+                "reward": r,
+                "rewards": {name: values[i] for name, values in self.reward_columns.items()},
+                "turn_rewards": [None if t != t else t for t in e.turn_rewards],  # NaN: none given
+                "group": groups[i],
+                "index": i,
+                "num_turns": e.num_turns,
+                "finish_reason": e.finish_reason,
+                "error": e.error,
+                "policy_version": e.policy_version,
+            }
+            for i, (e, r) in enumerate(zip(self.episodes[:n], self.rewards[:n].tolist(), strict=True))
+        ]
 
 
 def _rounded(values: list[float]) -> list[float]:
@@ -253,6 +264,12 @@ class RolloutPipeline:
     ``depth`` versions stale. In local mode the rollouts are collected in the calling thread when
     they are started (same staleness, no overlap). ``depth = 0`` collects each step's rollout when
     it is asked for (synchronous training).
+
+    A checkpoint after step k holds the rollouts started for steps k + 1 .. k + depth
+    (:meth:`save`, :meth:`restore`): a resumed run trains on the very samples, generated by the
+    same older weights, that the uninterrupted run trains on. The last ``depth`` steps start
+    rollouts past ``trainer.max_steps`` too, for the final checkpoint: a run continued beyond
+    its end (a larger ``trainer.max_steps``) then also trains as if it had never stopped.
     """
 
     def __init__(self, collect: Callable[[int], Rollout], depth: int, threaded: bool):
@@ -260,12 +277,12 @@ class RolloutPipeline:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rollout") if threaded and depth else None
         self._pending: deque[tuple[int, Future[Rollout]]] = deque()
 
-    def next(self, step: int, last_step: int) -> tuple[Rollout, float]:
+    def next(self, step: int) -> tuple[Rollout, float]:
         """Step ``step``'s rollout and the seconds spent waiting for it."""
         start = time.perf_counter()
         if not self._pending:
             self._pending.append((step, self._start(step)))
-        while self._pending[-1][0] < min(step + self.depth, last_step):
+        while self._pending[-1][0] < step + self.depth:
             self._pending.append((self._pending[-1][0] + 1, self._start(self._pending[-1][0] + 1)))
         pending_step, future = self._pending.popleft()
         assert pending_step == step, (pending_step, step)
@@ -278,6 +295,40 @@ class RolloutPipeline:
         future: Future[Rollout] = Future()
         future.set_result(self._collect(step))
         return future
+
+    def save(self, directory: Path) -> None:
+        """Write the rollouts started for later steps into ``directory`` (a checkpoint being
+        written), once they are complete; nothing without any (synchronous training)."""
+        if not self._pending:
+            return
+        rollouts = [(step, future.result()) for step, future in self._pending]
+        torch.save({"max_staleness": self.depth, "rollouts": rollouts}, directory / IN_FLIGHT_FILE)
+
+    def restore(self, checkpoint: Path, sampler: PromptSampler) -> None:
+        """Take back the rollouts ``checkpoint`` holds for the steps after it (:meth:`save`), and
+        move ``sampler`` past their prompts. With another ``trainer.max_staleness`` (or without
+        ``trainer.async``) they are dropped: the sampler stays at the checkpoint's own step, and
+        those steps' prompts are drawn again and generated with the resumed weights."""
+        path = checkpoint / IN_FLIGHT_FILE
+        if not path.is_file():
+            return
+        state = torch.load(path, weights_only=False)  # written by save: Rollout objects
+        steps = [step for step, _ in state["rollouts"]]
+        if state["max_staleness"] != self.depth:
+            log.warning(
+                "%s holds the rollouts of steps %s, generated ahead with trainer.max_staleness=%d; "
+                "this run has %s, so they are generated again",
+                checkpoint,
+                steps,
+                state["max_staleness"],
+                f"trainer.max_staleness={self.depth}" if self.depth else "trainer.async=false",
+            )
+            return
+        for step, rollout in state["rollouts"]:
+            future: Future[Rollout] = Future()
+            future.set_result(rollout)
+            self._pending.append((step, future))
+        sampler.load_state_dict(self._pending[-1][1].result().sampler_state)
 
     def close(self) -> None:
         """Drop the rollouts not yet used and wait for the background thread."""
@@ -366,10 +417,11 @@ def _episode_round(
     completions = [episode_completion(e) for e in episodes]
     openings = [_opening_text(e) for e in episodes]
     env_rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-    rewards, metrics = env_rewards, {}
+    rewards, metrics, per_function = env_rewards, {}, {}
     if ctx.rewards is not None or ctx.reward_model is not None or cfg.algorithm.overlong_buffer_len > 0:
         columns = {k: [row[k] for row in rows for _ in range(g)] for k in ctx.sampler.columns}
-        scored, metrics, _ = score(ctx, openings, completions, columns)
+        columns.pop(cfg.data.prompt_column)
+        scored, metrics, per_function = score(ctx, openings, completions, columns)
         both = torch.stack([env_rewards, scored])
         rewards = torch.where(both.isnan().all(0), float("nan"), both.nan_to_num(0.0).sum(0))
         failed = torch.tensor([e.finish_reason in ("error", "timeout") for e in episodes])
@@ -377,7 +429,9 @@ def _episode_round(
     timings = {"timing/rollout_s": rollout_s, "timing/reward_s": time.perf_counter() - start}
     prompt_ids = [groups[i][0].prompt_ids for i in range(len(rows))]
     prompts = [row[cfg.data.prompt_column] for row in rows]
-    return Rollout(g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state, episodes)
+    return Rollout(
+        g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state, per_function, episodes
+    )
 
 
 def episode_settings(cfg: RLFTConfig) -> EpisodeSettings:

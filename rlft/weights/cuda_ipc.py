@@ -36,6 +36,8 @@ class BucketPayload:
     """``(rebuild function, args)`` from ``reduce_tensor``: maps the sender's GPU memory."""
     tensor: torch.Tensor | None = None
     """The bucket by value (CPU), or in the sender's own process the GPU tensor (never pickled)."""
+    last: bool = False
+    """Whether it is the sync's last bucket: the receiver closes its weight update after it."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -66,13 +68,13 @@ class BucketExporter:
     def export(self, index: int, version: int, num_receivers: int) -> list[BucketPayload]:
         """Bucket ``index``, ready to read when this returns. One IPC handle per receiver: torch
         counts each handle's reader to know when the sender's memory may be released."""
-        spec = self.packer.plan[index]
+        spec, last = self.packer.plan[index], index == self.num_buckets - 1
         flat = self.packer.pack(index)
         if not flat.is_cuda:
-            return [BucketPayload(spec, version, tensor=flat.clone())] * num_receivers
+            return [BucketPayload(spec, version, tensor=flat.clone(), last=last)] * num_receivers
         torch.cuda.current_stream(flat.device).synchronize()
         return [
-            BucketPayload(spec, version, handle=reduce_tensor(flat), tensor=flat)
+            BucketPayload(spec, version, handle=reduce_tensor(flat), tensor=flat, last=last)
             for _ in range(num_receivers)
         ]
 
