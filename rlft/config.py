@@ -617,6 +617,50 @@ class EnvConfig:
 
 
 @dataclass
+class AgentConfig:
+    path: str | None = None
+    """Your agent, ``my_agent.py:run`` or ``module.sub:run``: ``run(client, row)`` (sync or
+    ``async def``) makes any number of calls with ``client`` (an ``openai`` client pointed at the
+    rollout worker's endpoint) and returns the episode's reward, a dict of named rewards, or None
+    (no opinion). Replaces reward.functions. Set at most one of path, verifiers, openenv."""
+    verifiers: str | None = None
+    """A ``verifiers`` environment (``my_env.py:load_environment``: an Environment, or a function
+    returning one); each dataset row is one rollout of it through the endpoint, its rubric the reward."""
+    openenv: str | None = None
+    """An ``openenv-core`` environment (``my_env.py:MyEnv``: an Environment class or a factory);
+    each episode resets it with the row and steps it with the model's replies."""
+    max_concurrency: int = 8
+    """Episodes in flight at once on each rollout worker."""
+    timeout_s: float = 300.0
+    """Seconds one episode may take; past it the episode fails (counted in agent/timeouts)."""
+    failure_reward: float | None = 0.0
+    """Reward of an episode whose agent raised or timed out, on the calls it made; None = its calls
+    are not trained on."""
+    reward_weights: dict[str, float] = field(default_factory=dict)
+    """Weights of named rewards (an agent returning a dict); a name not listed weighs 1.0."""
+    max_turns: int = 8
+    """openenv adapter: model replies per episode."""
+    tool_parser: str = "hermes"
+    """How the endpoint reads tool calls from a reply to a request that offers ``tools`` (as
+    env.tool_parser): ``hermes`` (``<tool_call>{json}</tool_call>``) or ``path/to/file.py:fn``."""
+    max_calls_per_episode: int = 64
+    """Requests one episode may make; more are refused (HTTP 429)."""
+    max_context_tokens: int = 2048
+    """Longest prompt a request may render to, in tokens (HTTP 400 past it)."""
+    max_request_bytes: int = 1_000_000
+    """Largest request body the endpoint reads (HTTP 413 past it)."""
+    max_requests_in_flight: int = 256
+    """Requests the endpoint handles at once; more are refused (HTTP 429)."""
+    host: str = "127.0.0.1"
+    """Address the endpoint binds to; the node's own address only if agents run on other nodes."""
+    port: int = 0
+    """Port of the endpoint; 0 = a free one."""
+    batch_wait_s: float = 0.005
+    """How long the endpoint waits for more requests before it calls the engine (it calls at once
+    when every running episode has a request waiting)."""
+
+
+@dataclass
 class RLFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -631,6 +675,7 @@ class RLFTConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
 
 def register_configs() -> None:

@@ -11,6 +11,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from rlft.config import HF_DECODES, VLLM_WEIGHT_UPDATES, Range, RLFTConfig
+from rlft.rollout.agents import agent_spec
 
 
 def validate(cfg: RLFTConfig) -> None:
@@ -23,6 +24,7 @@ def validate(cfg: RLFTConfig) -> None:
     # What the advantage estimator needs, as its registry entry declares (an unknown name or a
     # bad path fails here, naming the key).
     adv = ADVANTAGE_ESTIMATORS.traits(cfg.algorithm.advantage) if online else AdvantageTraits()
+    agent = agent_spec(cfg.agent)  # a ValueError when more than one agent key is set
     checks = [
         (cfg.algorithm.kind in ("online", "preference"), "algorithm.kind must be online or preference"),
         (
@@ -122,6 +124,23 @@ def validate(cfg: RLFTConfig) -> None:
             "env=tools needs at least one tool: env.tools=[python] or env.tools=[my_tools.py:search]",
         ),
         (
+            cfg.env.path is None or agent is None,
+            "env.path and an agent (agent.path / agent.verifiers / agent.openenv) are both set; "
+            "an agent runs its own environment: set one of them",
+        ),
+        (cfg.agent.max_concurrency >= 1, "agent.max_concurrency must be >= 1"),
+        (cfg.agent.timeout_s > 0, "agent.timeout_s must be > 0"),
+        (cfg.agent.max_turns >= 1, "agent.max_turns must be >= 1"),
+        (
+            min(cfg.agent.max_calls_per_episode, cfg.agent.max_requests_in_flight) >= 1,
+            "agent.max_calls_per_episode and agent.max_requests_in_flight must be >= 1",
+        ),
+        (
+            min(cfg.agent.max_context_tokens, cfg.agent.max_request_bytes) >= 1,
+            "agent.max_context_tokens and agent.max_request_bytes must be >= 1",
+        ),
+        (0 <= cfg.agent.port < 65536, "agent.port must be in 0..65535 (0 = a free port)"),
+        (
             cfg.model.lora.quantize == "none" or cfg.model.lora.rank > 0,
             "model.lora.quantize=4bit (QLoRA) trains adapters on a quantized base: set model.lora.rank > 0",
         ),
@@ -144,6 +163,7 @@ def validate(cfg: RLFTConfig) -> None:
             bool(cfg.reward.functions or cfg.reward.model.path)
             or not online
             or cfg.env.path is not None
+            or agent is not None
             or adv.needs_teacher,
             "no reward: set reward.functions=[path/to/file.py:fn,...] and/or reward.model.path (or an "
             "environment that gives rewards, env.path, or a teacher to distill from, algorithm=opd)",

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlft.config import EnvConfig, ModelConfig, RolloutConfig, SamplingConfig
+from rlft.config import AgentConfig, EnvConfig, ModelConfig, RolloutConfig, SamplingConfig
 from rlft.modeling import default_device
 from rlft.registry import NoTraits, Registry
 from rlft.rollout.engine import Completion, Engine
@@ -22,6 +22,9 @@ from rlft.weights import (
     gpu_uuid,
     load_bucket,
 )
+
+if TYPE_CHECKING:
+    from rlft.rollout.agents import AgentEpisode
 
 ENGINES: Registry[NoTraits] = Registry("rollout.engine", arguments=("model_cfg", "rollout_cfg"))
 """Engine factories by ``rollout.engine`` name (``auto`` is resolved first, :func:`resolve_engine`),
@@ -85,6 +88,7 @@ class RolloutWorker:
         self.engine = make_engine(model_cfg, rollout_cfg)
         self.policy_version = 0
         self._runner: tuple[EpisodeSettings, Any] | None = None
+        self._agent: tuple[Any, Any] | None = None
 
     def generate(
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, seed: int
@@ -140,6 +144,36 @@ class RolloutWorker:
     def wake_up(self) -> None:
         """Colocation: the engine takes its memory back (before the weight sync)."""
         self.engine.wake_up()
+
+    def run_agents(
+        self,
+        rows: list[dict[str, Any]],
+        n: int,
+        agent_cfg: AgentConfig,
+        sampling: SamplingConfig,
+        seed: int,
+        search_dirs: tuple[Path, ...] = (),
+    ) -> list[list[AgentEpisode]]:
+        """``n`` episodes of the configured agent (``agent.path``, ``agent.verifiers`` or
+        ``agent.openenv``) on each row, against this worker's OpenAI-compatible endpoint, which
+        serves only while they run (:mod:`rlft.rollout.agents`)."""
+        from rlft.rollout.agents import load_agent, run_agents
+        from rlft.rollout.endpoint import Endpoint
+
+        if self._agent is None or self._agent[0] != (agent_cfg, search_dirs):
+            self._agent = ((agent_cfg, search_dirs), load_agent(agent_cfg, search_dirs))
+        from rlft.envs.tools import load_tool_parser
+
+        parser = load_tool_parser(agent_cfg.tool_parser, search_dirs)
+        endpoint = Endpoint(
+            self.engine, self.engine.tokenizer, sampling, agent_cfg, seed=seed, tool_parser=parser
+        )
+        with endpoint:
+            results = run_agents(endpoint, self._agent[1], [row for row in rows for _ in range(n)], agent_cfg)
+        for result in results:
+            for episode in result.episodes:
+                episode.policy_version = self.policy_version
+        return [results[i * n : (i + 1) * n] for i in range(len(rows))]
 
     # --- weight-sync endpoints (called by the transports in rlft.weights) ------------------------
 

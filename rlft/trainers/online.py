@@ -26,6 +26,7 @@ from rlft.learner.learner import Learner
 from rlft.modeling import check_model_source, context_length, load_tokenizer
 from rlft.rewards import RewardManager
 from rlft.rewards.model_worker import RewardModelWorker
+from rlft.rollout.agents import agent_spec, load_agent
 from rlft.rollout.worker import RolloutWorker, spawn_rollout_workers
 from rlft.shipped import SHIPPED_ROOT
 from rlft.tracking import Trackers, make_trackers
@@ -188,7 +189,10 @@ def _prepare(cfg: RLFTConfig) -> _Inputs:
         tokenizer = load_tokenizer(cfg.model)
         sampler = PromptSampler(cfg.data, cfg.trainer.seed, tokenizer, cfg.model.max_prompt_tokens)
         rewards = None
-        if cfg.reward.functions:
+        agent = agent_spec(cfg.agent)
+        if agent is not None:  # the agent gives the reward; loaded here so bad specs fail at start
+            load_agent(cfg.agent, [PROJECT_ROOT])
+        if cfg.reward.functions and agent is None:
             rewards = RewardManager.from_config(cfg.reward, search_dirs=[PROJECT_ROOT])
             rewards.check_columns(c for c in sampler.columns if c != cfg.data.prompt_column)
         if cfg.env.path is not None:  # loads the environment, its tools and parser; builds one

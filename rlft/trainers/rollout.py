@@ -27,6 +27,7 @@ from rlft.config import RLFTConfig, SamplingConfig
 from rlft.data.prompts import PromptSampler, tokenize_prompts
 from rlft.learner.batch import Sample
 from rlft.rewards import RewardManager
+from rlft.rollout.agents import agent_spec
 from rlft.rollout.engine import Completion
 from rlft.rollout.episode import Episode
 from rlft.rollout.generate import chunk_size, generate
@@ -53,7 +54,8 @@ class RolloutContext:
 
 @dataclass
 class Rollout:
-    """Scored groups: ``len(prompts)`` prompts with G completions each, stored group-major."""
+    """Scored groups: ``len(prompts)`` prompts with G completions each, stored group-major (agents:
+    any number per prompt, ``sample_groups``)."""
 
     group_size: int
     prompts: list[str]
@@ -71,14 +73,24 @@ class Rollout:
     episodes: list[Episode] | None = None
     """Multi-turn rollouts (``env.path``): the episode behind each of ``completions`` (whose
     ``token_ids`` are then the episode's completion ids and ``text`` its last assistant message)."""
+    sample_groups: list[int] | None = None
+    """Per sample, its group (prompt index) where groups differ in size (agents: one episode can
+    make several trajectories, a failed one none); None = group-major, G samples per prompt."""
+
+    def group_of(self) -> list[int]:
+        """Each sample's group: the index of its prompt."""
+        if self.sample_groups is not None:
+            return self.sample_groups
+        return [i // self.group_size for i in range(len(self.completions))]
 
     def groups(self, keep: torch.Tensor) -> Rollout:
         """Only the groups where ``keep`` (one bool per group) is true."""
-        g = self.group_size
         kept = keep.nonzero().flatten().tolist()
-        samples = [i * g + j for i in kept for j in range(g)]
+        renumber = {old: new for new, old in enumerate(kept)}
+        owner = self.group_of()
+        samples = [i for i, group in enumerate(owner) if group in renumber]
         return Rollout(
-            g,
+            self.group_size,
             [self.prompts[i] for i in kept],
             [self.prompt_ids[i] for i in kept],
             [self.completions[i] for i in samples],
@@ -88,12 +100,14 @@ class Rollout:
             self.sampler_state,
             {name: [values[i] for i in samples] for name, values in self.reward_columns.items()},
             None if self.episodes is None else [self.episodes[i] for i in samples],
+            None if self.sample_groups is None else [renumber[owner[i]] for i in samples],
         )
 
     def extend(self, other: Rollout) -> Rollout:
         """This rollout's groups, then ``other``'s (timings summed; reward metrics and sampler
         state of ``other``)."""
         timings = {k: self.timings.get(k, 0.0) + v for k, v in other.timings.items()}
+        uneven = self.sample_groups is not None or other.sample_groups is not None
         return Rollout(
             self.group_size,
             self.prompts + other.prompts,
@@ -105,18 +119,19 @@ class Rollout:
             other.sampler_state,
             {name: v + other.reward_columns.get(name, []) for name, v in self.reward_columns.items()},
             None if self.episodes is None else self.episodes + other.episodes,
+            self.group_of() + [len(self.prompts) + j for j in other.group_of()] if uneven else None,
         )
 
     def samples(self) -> list[Sample]:
-        g = self.group_size
+        groups = self.group_of()
         if self.episodes is not None:
             return [
-                replace(e.to_sample(i // g), reward=r)
-                for i, (e, r) in enumerate(zip(self.episodes, self.rewards.tolist(), strict=True))
+                replace(e.to_sample(group), reward=r)
+                for group, e, r in zip(groups, self.episodes, self.rewards.tolist(), strict=True)
             ]
         return [
-            Sample(self.prompt_ids[i // g], c.token_ids, c.logprobs, r, i // g, c.policy_version)
-            for i, (c, r) in enumerate(zip(self.completions, self.rewards.tolist(), strict=True))
+            Sample(self.prompt_ids[group], c.token_ids, c.logprobs, r, group, c.policy_version)
+            for group, c, r in zip(groups, self.completions, self.rewards.tolist(), strict=True)
         ]
 
     def staleness(self, learner_version: int) -> torch.Tensor:
@@ -180,13 +195,14 @@ class Rollout:
         return rows
 
     def _episode_rows(self, n: int) -> list[dict[str, Any]]:
+        groups = self.group_of()
         return [
             {
                 "messages": e.messages,
                 "reward": r,
                 "rewards": {name: values[i] for name, values in self.reward_columns.items()},
                 "turn_rewards": [None if t != t else t for t in e.turn_rewards],  # NaN: none given
-                "group": i // self.group_size,
+                "group": groups[i],
                 "index": i,
                 "num_turns": e.num_turns,
                 "finish_reason": e.finish_reason,
@@ -332,8 +348,9 @@ def collect(ctx: RolloutContext, step: int) -> Rollout:
         rollout = rollout_round(ctx, want, seed=(cfg.trainer.seed * 1_000_003 + step) * 100 + round_)
         kept = rollout
         if dynamic.enabled:
-            group_ids = torch.arange(len(rollout.prompts)).repeat_interleave(rollout.group_size)
-            signal = groups_with_signal(rollout.rewards, group_ids).view(-1, rollout.group_size)[:, 0]
+            group_ids = torch.tensor(rollout.group_of(), dtype=torch.long)
+            signal = torch.zeros(len(rollout.prompts), dtype=torch.bool)
+            signal[group_ids[groups_with_signal(rollout.rewards, group_ids)]] = True
             kept = rollout.groups(signal)
         collected = kept if collected is None else collected.extend(kept)
         if len(collected.prompts) >= want:
@@ -355,6 +372,10 @@ def rollout_round(ctx: RolloutContext, n: int, seed: int) -> Rollout:
     prompts = [row[cfg.data.prompt_column] for row in rows]
     if cfg.env.path is not None:
         return _episode_round(ctx, rows, seed, start, sampler_state)
+    if agent_spec(cfg.agent) is not None:
+        from rlft.trainers.agent_rollout import agent_round
+
+        return agent_round(ctx, rows, seed, start, sampler_state)
     prompt_ids = tokenize_prompts(ctx.tokenizer, prompts, cfg.data, cfg.model.max_prompt_tokens)
     groups = generate(
         ctx.cluster, ctx.workers, prompt_ids, g, cfg.rollout.sampling, seed, cfg.rollout.prompts_per_chunk
@@ -368,7 +389,15 @@ def rollout_round(ctx: RolloutContext, n: int, seed: int) -> Rollout:
     rewards, metrics, per_function = score(ctx, [p for p in prompts for _ in range(g)], completions, columns)
     timings = {"timing/rollout_s": rollout_s, "timing/reward_s": time.perf_counter() - start}
     return Rollout(
-        g, prompts, prompt_ids, completions, rewards, metrics, timings, sampler_state, per_function
+        g,
+        prompts,
+        prompt_ids,
+        completions,
+        rewards,
+        metrics,
+        timings,
+        sampler_state,
+        reward_columns=per_function,
     )
 
 
