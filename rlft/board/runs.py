@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlft.trainers.run_status import read_status
+from rlft.trainers.run_status import pid_alive, read_status
 
 HEARTBEAT_S = 120.0
 """A run whose files changed this recently counts as running when no live process can be checked."""
@@ -176,22 +176,6 @@ def _line_step(line: bytes) -> int | None:
     except (ValueError, AttributeError):
         return None
     return step if isinstance(step, int) else None
-
-
-def pid_alive(pid: Any, host: Any = None) -> bool:
-    """Whether process ``pid`` runs on this machine (False for another ``host``: it cannot be checked)."""
-    if not isinstance(pid, int) or pid <= 0 or (host is not None and host != socket.gethostname()):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not running
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _lock_pids(run_dir: Path) -> list[tuple[Any, Any]]:

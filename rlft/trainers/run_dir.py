@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 from rlft.config import RLFTConfig, TrainerConfig
 from rlft.errors import Interrupted, SetupError
 from rlft.trainers import checkpoint
-from rlft.trainers.run_status import mark_running
+from rlft.trainers.run_status import mark_running, pid_alive
 
 LOCK_NAME = "run.lock"
 RESULTS = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints")
@@ -64,16 +64,6 @@ class Holder:
 
     def __str__(self) -> str:
         return f"pid {self.pid} on host {self.host}, started {self.started}: {self.command}"
-
-
-def _pid_runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class RunLock:
@@ -122,7 +112,7 @@ class RunLock:
         if previous is not None:
             if previous.host != me.host:
                 raise self._held(previous, "it was taken on another host, whose processes rlft cannot check")
-            if locked is None and _pid_runs(previous.pid) and previous.pid != me.pid:
+            if locked is None and pid_alive(previous.pid) and previous.pid != me.pid:
                 raise self._held(previous, "its process still runs")
             log.warning("taking over the stale lock %s of a run that is gone (%s)", self.path, previous)
         os.ftruncate(fd, 0)

@@ -63,3 +63,19 @@ def _write(run_dir: Path, status: dict[str, Any]) -> None:
     tmp = run_dir / f".{STATUS_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(status))
     os.replace(tmp, run_dir / STATUS_FILE)
+
+
+def pid_alive(pid: Any, host: Any = None) -> bool:
+    """Whether process ``pid`` runs on this machine (False for another ``host``: it cannot be checked)."""
+    if not isinstance(pid, int) or pid <= 0 or (host is not None and host != socket.gethostname()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
