@@ -11,7 +11,7 @@ import torch
 from rlft.algorithms import AdvantageInput, gae_advantages, reinforce_pp_advantages
 from rlft.algorithms.advantages import _last_token
 from rlft.config import AlgorithmConfig, LearnerConfig, ModelConfig, RolloutConfig, SamplingConfig
-from rlft.learner.batch import Sample, collate, pack
+from rlft.learner.batch import Sample, collate, pack_rows
 from rlft.learner.learner import Learner
 from rlft.rollout.episode import Episode
 from rlft.rollout.worker import RolloutWorker
@@ -36,7 +36,7 @@ def test_episode_becomes_a_sample_with_its_loss_mask() -> None:
     assert batch.completion_mask.tolist() == [[0, 0, 1, 1, 1, 0, 0, 1, 1], [0, 1, 1, 0, 0, 0, 0, 0, 0]]
     assert batch.input_ids[0].tolist() == [1, 2, 10, 11, 12, 20, 21, 13, 14]
     assert batch.sampler_logprobs[0, 5:7].tolist() == [0.0, 0.0]
-    packed = pack(batch)  # packing keeps the gaps
+    packed = pack_rows(batch)  # packing keeps the gaps
     assert packed.completion_mask.tolist() == [[0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1]]
     with pytest.raises(ValueError, match="loss_mask has 1 entries for 2"):
         Sample([1], [5, 6], [-1.0, -2.0], 0.0, 0, 0, loss_mask=[1])
