@@ -162,7 +162,7 @@ class AlgorithmConfig:
     """DAPO overlong reward shaping: the penalty at max_new_tokens."""
     epochs_per_step: int = bounded(1, ge=1)
     """Passes over each step's samples (mu in the GRPO paper)."""
-    distill_coef: float = 1.0
+    distill_coef: float = bounded(1.0, ge=0)
     """On-policy distillation (advantage reverse_kl, algorithm=opd): weight of the teacher's
     per-token signal log pi_teacher - log pi next to the task reward's group advantage."""
     preference_loss: str = "sigmoid"
@@ -629,33 +629,33 @@ class AgentConfig:
     openenv: str | None = None
     """An ``openenv-core`` environment (``my_env.py:MyEnv``: an Environment class or a factory);
     each episode resets it with the row and steps it with the model's replies."""
-    max_concurrency: int = 8
+    max_concurrency: int = bounded(8, ge=1)
     """Episodes in flight at once on each rollout worker."""
-    timeout_s: float = 300.0
+    timeout_s: float = bounded(300.0, gt=0)
     """Seconds one episode may take; past it the episode fails (counted in agent/timeouts)."""
-    failure_reward: float | None = 0.0
+    failure_reward: float | None = bounded(0.0)
     """Reward of an episode whose agent raised or timed out, on the calls it made; None = its calls
     are not trained on."""
     reward_weights: dict[str, float] = field(default_factory=dict)
     """Weights of named rewards (an agent returning a dict); a name not listed weighs 1.0."""
-    max_turns: int = 8
+    max_turns: int = bounded(8, ge=1)
     """openenv adapter: model replies per episode."""
     tool_parser: str = "hermes"
     """How the endpoint reads tool calls from a reply to a request that offers ``tools`` (as
     env.tool_parser): ``hermes`` (``<tool_call>{json}</tool_call>``) or ``path/to/file.py:fn``."""
-    max_calls_per_episode: int = 64
+    max_calls_per_episode: int = bounded(64, ge=1)
     """Requests one episode may make; more are refused (HTTP 429)."""
-    max_context_tokens: int = 2048
+    max_context_tokens: int = bounded(2048, ge=2)
     """Longest prompt a request may render to, in tokens (HTTP 400 past it)."""
-    max_request_bytes: int = 1_000_000
+    max_request_bytes: int = bounded(1_000_000, ge=1)
     """Largest request body the endpoint reads (HTTP 413 past it)."""
-    max_requests_in_flight: int = 256
+    max_requests_in_flight: int = bounded(256, ge=1)
     """Requests the endpoint handles at once; more are refused (HTTP 429)."""
     host: str = "127.0.0.1"
     """Address the endpoint binds to; the node's own address only if agents run on other nodes."""
-    port: int = 0
+    port: int = bounded(0, ge=0, le=65535)
     """Port of the endpoint; 0 = a free one."""
-    batch_wait_s: float = 0.005
+    batch_wait_s: float = bounded(0.005, ge=0)
     """How long the endpoint waits for more requests before it calls the engine (it calls at once
     when every running episode has a request waiting)."""
 

@@ -60,6 +60,7 @@ def test_every_recipe_is_listed_here_and_in_the_readme() -> None:
         "opd_quickstart",
         "smollm2_arithmetic",
         "guess_digit",
+        "agent_quickstart",
     } == set(RECIPES)
     readme = (RECIPES_DIR / "README.md").read_text()
     for name in on_disk:
